@@ -1,0 +1,96 @@
+"""Datasets as device-resident tensors, and batches drawn from them by index.
+
+Every loader returns a `Data`: the train / val / test splits already on the run's device,
+plus the shape glue the model needs (input shape, number of classes). Nothing here loops
+over samples in Python: a batch is `x[idx]` for a slice `idx` of a seeded permutation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """One split: inputs `x` (N × ...) and integer labels `y` (N), or `y=None` if unlabelled."""
+
+    x: Tensor
+    y: Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def take(self, idx: Tensor) -> Split:
+        return Split(self.x[idx], None if self.y is None else self.y[idx])
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Split:
+        y = None if self.y is None else self.y.to(device)
+        return Split(self.x.to(device=device, dtype=dtype), y)
+
+
+@dataclass
+class Data:
+    """The splits of one dataset plus what a model needs to know about their shape."""
+
+    splits: dict[str, Split]
+    num_classes: int | None  # None for unlabelled data
+    input_shape: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(self.splits["train"].x.shape[1:])
+
+    @property
+    def train(self) -> Split:
+        return self.splits["train"]
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Data:
+        return Data({k: s.to(device, dtype) for k, s in self.splits.items()}, self.num_classes)
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
+    """Endless index batches: epoch after epoch, a fresh permutation cut into `batch_size` slices.
+
+    The permutation is drawn on the CPU generator and moved to the device once per epoch, so
+    the batch order depends on the seed alone, not on the device. The last batch of an epoch
+    may be smaller (as DataLoader's default, drop_last=False). Full batch = no shuffle.
+    """
+    if batch_size >= n:
+        everything = torch.arange(n, device=device)
+        while True:
+            yield everything
+    while True:
+        perm = torch.randperm(n, generator=generator).to(device)
+        yield from perm.split(batch_size)
+
+
+def stratified_split(
+    y: Tensor, fractions: dict[str, float], generator: torch.Generator
+) -> dict[str, Tensor]:
+    """Seeded stratified split of indices: each class is cut by the same `fractions` of val/test.
+
+    Returns index tensors for every split in SPLITS; `train` gets what val and test leave.
+    """
+    parts: dict[str, list[Tensor]] = {name: [] for name in SPLITS}
+    for label in torch.unique(y):  # one iteration per class, not per sample
+        members = torch.nonzero(y == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        start = 0
+        for name in ("test", "val"):
+            count = round(fractions.get(name, 0.0) * len(members))
+            parts[name].append(members[start : start + count])
+            start += count
+        parts["train"].append(members[start:])
+    return {name: torch.cat(idx).sort().values for name, idx in parts.items()}
+
+
+def standardise(splits: dict[str, Split]) -> dict[str, Split]:
+    """Scale features to zero mean, unit variance using training-split statistics only."""
+    x = splits["train"].x
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-12)
+    return {k: Split((s.x - mean) / std, s.y) for k, s in splits.items()}

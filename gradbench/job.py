@@ -1,0 +1,195 @@
+"""One training run from a composed config: validate, build, train, write the run dir.
+
+This is the only module that reads the config; everything it calls takes plain objects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from gradbench.data import SPLITS, Data
+from gradbench.errors import ConfigError, choose, require
+from gradbench.estimators import Estimator
+from gradbench.metrics import STEP_COLUMNS, MetricsWriter, eval_columns, write_json
+from gradbench.models import Model, Params, count_parameters
+from gradbench.plots import plot_run
+from gradbench.train import Result, StopRule, predict, train
+
+log = logging.getLogger(__name__)
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` → cuda, then mps, then cpu; an explicit device must exist on this machine."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto | cpu | cuda | cuda:N | mps, got {name!r}") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    require(available.get(device.type, False), "device", "is not available on this machine", name)
+    if device.type == "cuda" and device.index is not None:
+        require(device.index < torch.cuda.device_count(), "device",
+                f"index must be < {torch.cuda.device_count()}", name)
+    return device
+
+
+def stream(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """An independent generator per purpose (data, init, batches, tangents), all from `seed`."""
+    digest = hashlib.sha256(f"gradbench/{seed}/{name}".encode()).digest()
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little"))
+
+
+def build(node: DictConfig, group: str, **runtime):
+    """Instantiate a group's option; a ConfigError inside comes out as itself, not wrapped."""
+    try:
+        return instantiate(node, **runtime)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause from None
+        raise
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the run keys before any work, naming the key and what is allowed."""
+    choose("dtype", cfg.dtype, DTYPES)
+    for key in ("max_steps", "max_epochs", "batch_size"):
+        value = cfg[key]
+        require(value is None or (isinstance(value, int) and value >= 1), key,
+                "must be a positive integer or null", value)
+    require(cfg.eval_every >= 1, "eval_every", "must be >= 1", cfg.eval_every)
+    require(cfg.eval_chunk >= 1, "eval_chunk", "must be >= 1", cfg.eval_chunk)
+    bad = [s for s in cfg.eval_splits if s not in SPLITS]
+    require(not bad, "eval_splits", f"must be a subset of {list(SPLITS)}", list(cfg.eval_splits))
+    lr = cfg.optimizer.get("lr")
+    require(lr is None or lr > 0, "optimizer.lr", "must be > 0", lr)
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, built from the config at the run's seed."""
+
+    device: torch.device
+    data: Data
+    model: Model
+    params: Params
+
+
+def setup(cfg: DictConfig) -> Setup:
+    """Data on the device, then the model and its initial parameters (seeded streams)."""
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    dtype = DTYPES[cfg.dtype]
+    data = build(cfg.dataset, "dataset", generator=stream(cfg.seed, "data")).to(device, dtype)
+    n = len(data.train)
+    require(cfg.batch_size is None or cfg.batch_size <= n, "batch_size",
+            f"must be <= the training split size ({n}) or null for full batch", cfg.batch_size)
+    model = build(cfg.model, "model", input_shape=data.input_shape, num_classes=data.num_classes)
+    model.initialise(stream(cfg.seed, "init"))
+    model.to(device=device, dtype=dtype)
+    # Detached views share storage with the model: optimizer steps update its state_dict too.
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    return Setup(device, data, model, params)
+
+
+def train_job(cfg: DictConfig, run_dir: Path) -> float:
+    """Train one config into `run_dir`; returns the headline metric for sweepers."""
+    started = time.perf_counter()
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    s = setup(cfg)
+    estimator: Estimator = build(cfg.estimator, "estimator", generator=stream(cfg.seed, "tangents", s.device))
+    optimizer = build(cfg.optimizer, "optimizer", params=list(s.params.values()))
+    scheduler = build(cfg.schedule, "schedule", optimizer=optimizer)
+    splits = [name for name in cfg.eval_splits if len(s.data.splits[name])]
+    columns = STEP_COLUMNS + eval_columns(splits, s.model.metric_names)
+    setup_time = time.perf_counter() - started
+    log.info("run dir %s | %s | %d parameters | device %s", run_dir, _choices(), count_parameters(s.params), s.device)
+
+    result = Result(stop_reason="failed")
+    try:
+        with MetricsWriter(run_dir / "metrics.csv", columns) as writer:
+            result = train(
+                s.model, s.params, s.data, estimator, optimizer, scheduler, writer,
+                batch_size=cfg.batch_size, eval_every=cfg.eval_every, eval_splits=splits,
+                eval_chunk=cfg.eval_chunk, generator=stream(cfg.seed, "batches"),
+                log_every_s=cfg.log_every_s,
+                stop=StopRule(cfg.max_steps, cfg.max_epochs, cfg.stop_below))
+    except Exception:
+        _finish(cfg, run_dir, s, result, setup_time, error=traceback.format_exc())
+        raise
+    _finish(cfg, run_dir, s, result, setup_time)
+    log.info("stopped: %s after %d steps (%.3g s training, %.3g s/step mean) → %s",
+             result.stop_reason, result.steps, result.train_time_s, result.mean_step_time_s, run_dir)
+    if result.stop_reason == "interrupted":
+        raise KeyboardInterrupt
+    return headline(result)
+
+
+def headline(result: Result) -> float:
+    """The number a sweeper minimises: validation loss if there is a val split, else train loss."""
+    for split in ("val", "train"):
+        if split in result.final:
+            return result.final[split]["loss"]
+    return math.nan
+
+
+def _choices() -> str:
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices
+    return " ".join(f"{g}={choices[g]}" for g in ("dataset", "model", "estimator", "optimizer") if g in choices)
+
+
+def _finish(cfg: DictConfig, run_dir: Path, s: Setup, result: Result, setup_time: float,
+            error: str | None = None) -> None:
+    """summary.json, plots and model.pt: written whatever the stop reason."""
+    from hydra.core.hydra_config import HydraConfig
+
+    summary = {
+        "stop_reason": result.stop_reason,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "train_time_s": result.train_time_s,
+        "mean_step_time_s": result.mean_step_time_s,
+        "median_step_time_s": result.median_step_time_s,
+        "wall_time_s": result.wall_time_s,
+        "setup_time_s": setup_time,
+        "num_params": count_parameters(s.params),
+        "device": str(s.device),
+        "seed": cfg.seed,
+        "deterministic": cfg.deterministic,
+        "choices": {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")},
+        "estimator": OmegaConf.to_container(cfg.estimator),
+        "initial": result.initial,
+        "final": result.final,
+    }
+    if error:
+        summary["error"] = error
+    if s.data.num_classes and len(s.data.splits["test"]) and s.data.splits["test"].y is not None:
+        test = s.data.splits["test"]
+        summary["test_confusion"] = s.model.confusion(predict(s.model, s.params, test.x, cfg.eval_chunk), test.y).tolist()
+    write_json(run_dir / "summary.json", summary)
+    if cfg.save_model:
+        torch.save({"state_dict": s.model.state_dict(), "model": OmegaConf.to_container(cfg.model),
+                    "input_shape": list(s.data.input_shape), "num_classes": s.data.num_classes},
+                   run_dir / "model.pt")
+    if cfg.plot and result.steps:
+        plot_run(run_dir)
+

@@ -1,0 +1,176 @@
+"""The training loop: batch → estimator → optimizer step, with evaluation and stop rules.
+
+Only the estimate and the update are timed (with device synchronisation); evaluation,
+logging and CSV writing happen outside the timer. Every finished step is on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import torch
+from torch.func import functional_call
+
+from gradbench.data import Data, Split, batches
+from gradbench.estimators import Estimator
+from gradbench.metrics import MetricsWriter
+from gradbench.models import Model, Objective, Params
+
+log = logging.getLogger(__name__)
+
+
+class Probe(Protocol):
+    """An optional per-step diagnostic, run outside the timer; adds `columns` to the CSV."""
+
+    columns: list[str]
+
+    def __call__(self, objective: Objective, params: Params, grads: Params) -> dict[str, float]: ...
+
+
+@dataclass
+class StopRule:
+    max_steps: int | None = None
+    max_epochs: int | None = None
+    stop_below: float | None = None  # on the loss over the whole training split
+
+
+@dataclass
+class Result:
+    steps: int = 0
+    epochs: float = 0.0
+    stop_reason: str = ""
+    train_time_s: float = 0.0
+    wall_time_s: float = 0.0
+    step_times: list[float] = field(default_factory=list)
+    initial: dict[str, dict[str, float]] = field(default_factory=dict)
+    final: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def mean_step_time_s(self) -> float:
+        return self.train_time_s / self.steps if self.steps else math.nan
+
+    @property
+    def median_step_time_s(self) -> float:
+        return statistics.median(self.step_times) if self.step_times else math.nan
+
+
+@torch.no_grad()
+def predict(model: Model, params: Params, x: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Model outputs for every row of `x`, the forward pass chunked for memory (never per sample)."""
+    return torch.cat([functional_call(model, params, (part,)) for part in x.split(chunk)])
+
+
+def evaluate(model: Model, params: Params, split: Split, chunk: int) -> dict[str, float]:
+    """Whole-split metrics (loss, accuracy, errors, ... as the model defines them)."""
+    outputs = predict(model, params, split.x, chunk)
+    return {k: v.item() for k, v in model.metrics(outputs, split.y, params).items()}
+
+
+def synchroniser(device: torch.device) -> Callable[[], None]:
+    """Wait for queued device work, so the clock reads finished work (no-op on CPU)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
+
+
+def train(model: Model, params: Params, data: Data, estimator: Estimator,
+          optimizer: torch.optim.Optimizer, scheduler, writer: MetricsWriter, *,
+          batch_size: int | None, stop: StopRule, eval_every: int, eval_splits: list[str],
+          eval_chunk: int, generator: torch.Generator, log_every_s: float = 5.0,
+          probes: tuple[Probe, ...] = ()) -> Result:
+    """Train `params` in place until a stop rule fires; one CSV row per step."""
+    device = data.train.x.device
+    n = len(data.train)
+    batch_size = min(batch_size or n, n)
+    steps_per_epoch = math.ceil(n / batch_size)
+    splits = [s for s in eval_splits if len(data.splits[s])]
+
+    def run_eval(names: list[str]) -> dict[str, dict[str, float]]:
+        return {s: evaluate(model, params, data.splits[s], eval_chunk) for s in names}
+
+    result = Result(initial=run_eval(splits))
+    order = batches(n, batch_size, generator, device)
+    sync = synchroniser(device)
+    first = data.train.take(torch.arange(min(batch_size, n), device=device))
+    estimator.warm_up(Objective(model, first.x, first.y), params)
+    start = last_log = time.perf_counter()
+    try:
+        while not result.stop_reason:
+            batch = data.train.take(next(order))
+            objective = Objective(model, batch.x, batch.y)
+            lr = optimizer.param_groups[0]["lr"]
+            sync()
+            t0 = time.perf_counter()
+            loss, grads = estimator(objective, params)
+            for name, p in params.items():
+                p.grad = grads[name]
+            optimizer.step()
+            scheduler.step()
+            sync()
+            step_time = time.perf_counter() - t0
+
+            result.steps += 1
+            result.train_time_s += step_time
+            result.step_times.append(step_time)
+            step, batch_loss = result.steps, float(loss)
+            row = {"step": step, "epoch": (step - 1) // steps_per_epoch + 1, "batch_loss": batch_loss,
+                   "lr": lr, "step_time_s": step_time, "train_time_s": result.train_time_s}
+            for probe in probes:
+                row.update(probe(objective, params, grads))
+
+            reason = _budget_reason(step, steps_per_epoch, batch_loss, stop)
+            evals = {}
+            if stop.stop_below is not None and reason != "diverged":
+                evals = run_eval(["train"])
+                if evals["train"]["loss"] < stop.stop_below:
+                    reason = "threshold"
+            if reason or step % eval_every == 0:
+                evals.update(run_eval([s for s in splits if s not in evals]))
+                if any(not math.isfinite(m["loss"]) for m in evals.values()):
+                    reason = "diverged"
+            for split, metrics in evals.items():
+                row.update({f"{split}_{k}": v for k, v in metrics.items()})
+                result.final[split] = metrics
+            row["wall_time_s"] = time.perf_counter() - start
+            writer.write(row)
+            result.stop_reason = reason
+
+            if reason or time.perf_counter() - last_log >= log_every_s:
+                last_log = time.perf_counter()
+                log.info(_progress(row, splits))
+    except KeyboardInterrupt:
+        result.stop_reason = "interrupted"
+        log.warning("interrupted at step %d; writing outputs", result.steps)
+    result.epochs = result.steps / steps_per_epoch
+    result.wall_time_s = time.perf_counter() - start
+    if result.stop_reason != "diverged" and not all(torch.isfinite(p).all() for p in params.values()):
+        result.stop_reason = "diverged"
+    return result
+
+
+def _budget_reason(step: int, steps_per_epoch: int, loss: float, stop: StopRule) -> str:
+    if not math.isfinite(loss):
+        return "diverged"
+    if stop.max_steps is not None and step >= stop.max_steps:
+        return "max_steps"
+    if stop.max_epochs is not None and step >= stop.max_epochs * steps_per_epoch:
+        return "max_epochs"
+    return ""
+
+
+def _progress(row: dict, splits: list[str]) -> str:
+    parts = [f"step {row['step']}", f"epoch {row['epoch']}", f"batch loss {row['batch_loss']:.4g}",
+             f"train time {row['train_time_s']:.2f}s"]
+    for split in splits:
+        if f"{split}_loss" in row:
+            parts.append(f"{split} loss {row[f'{split}_loss']:.4g}")
+        if f"{split}_accuracy" in row:
+            parts.append(f"{split} acc {row[f'{split}_accuracy']:.3f}")
+    return " | ".join(parts)

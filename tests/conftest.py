@@ -1,0 +1,58 @@
+"""Shared test helpers: run the real CLI (in-process, or as a subprocess) inside tmp_path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gradbench.cli import main
+
+GRADBENCH = str(Path(sys.executable).parent / "gradbench")
+FAST = ["eval_every=5", "plot=false", "log_every_s=1000"]  # keep unit-level runs lean
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every run dir (a folder with .hydra/) under root/outputs, oldest first."""
+    return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))
+
+
+class Runner:
+    """`runner("train", "model=logreg", ...)` runs gradbench in-process with cwd = tmp_path
+    and returns the run dirs it created; `runner.subprocess(...)` runs the installed script."""
+
+    def __init__(self, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.cwd = cwd
+        monkeypatch.chdir(cwd)
+
+    def __call__(self, *args: str) -> list[Path]:
+        before = set(run_dirs(self.cwd))
+        argv = sys.argv
+        try:
+            main(list(args))
+        finally:
+            sys.argv = argv
+        return [p for p in run_dirs(self.cwd) if p not in before]
+
+    def subprocess(self, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, **(env or {})}
+        result = subprocess.run([GRADBENCH, *args], cwd=self.cwd, capture_output=True, text=True,
+                                env=full_env, timeout=600)
+        if check and result.returncode != 0:
+            raise AssertionError(f"gradbench {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Runner:
+    return Runner(tmp_path, monkeypatch)
+
+
+def load_run(run_dir: Path) -> tuple[pd.DataFrame, dict]:
+    """(metrics.csv as a frame, summary.json as a dict) of one run dir."""
+    return pd.read_csv(run_dir / "metrics.csv"), json.loads((run_dir / "summary.json").read_text())
