@@ -9,42 +9,80 @@ Each Hydra command takes the usual Hydra flags: --help, --cfg job, -m/--multirun
 
 from __future__ import annotations
 
+import importlib
+import json
+import logging
+import math
 import os
 import sys
+import traceback
 import warnings
 from pathlib import Path
 
 import hydra
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from gradbench.errors import ConfigError
+from gradbench.metrics import write_json
 
 # The repository's conf/ (the package is installed editable); absolute, so any cwd works.
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
-COMMANDS = {
-    "train": "train one model (a sweep with -m); outputs under ./outputs/",
-}
 
 
-@hydra.main(config_path=CONF, config_name="config", version_base="1.3")
-def _train(cfg: DictConfig) -> float:
-    from hydra.core.hydra_config import HydraConfig
+def _hydra_command(job_path: str, job_name: str):
+    """A Hydra entry point that runs `module:function(cfg, run_dir)` as one job."""
 
-    from gradbench.job import train_job
+    @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
+    def command(cfg: DictConfig):
+        from hydra.core.hydra_config import HydraConfig
 
-    return _report_errors(lambda: train_job(cfg, Path(HydraConfig.get().runtime.output_dir)))
+        module, function = job_path.split(":")
+        job = getattr(importlib.import_module(module), function)
+        hydra_cfg = HydraConfig.get()
+        run_dir = Path(hydra_cfg.runtime.output_dir)
+        return run_job(lambda: job(cfg, run_dir), run_dir, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
+
+    command.__name__ = job_name
+    return command
 
 
-def _report_errors(job):
-    """Bad input ends the run with one clear line (exit status 2), not a traceback."""
+def run_job(job, run_dir: Path, multirun: bool):
+    """Run one job. Bad input ends a single run with one clear line (exit status 2). Inside a
+    sweep, any failure is recorded in the job's summary.json and the sweep goes on."""
     try:
         return job()
     except ConfigError as e:
-        print(f"gradbench: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        if not multirun:
+            print(f"gradbench: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        record_failure(run_dir, f"ConfigError: {e}")
+    except Exception:
+        if not multirun:
+            raise
+        record_failure(run_dir, traceback.format_exc())
+    return math.nan
 
 
-HYDRA_COMMANDS = {"train": _train}
+def record_failure(run_dir: Path, error: str) -> None:
+    """Mark a failed sweep job (keeping a summary.json the job already wrote) and log why."""
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    summary.update(stop_reason="failed", error=error)
+    write_json(summary_path, summary)
+    logging.getLogger("gradbench").error("job failed, sweep goes on: %s", error.strip().splitlines()[-1])
+
+
+COMMANDS = {
+    "train": "train one model (a sweep with -m); outputs under ./outputs/",
+    "check": "compare every gradient estimator with autograd at one point (float64)",
+    "report": "aggregate a sweep directory into tables and plots",
+}
+HYDRA_COMMANDS = {
+    "train": _hydra_command("gradbench.job:train_job", "train"),
+    "check": _hydra_command("gradbench.check:check_job", "check"),
+}
+PLAIN_COMMANDS = {"report": "gradbench.report:main"}  # argparse commands: function(argv)
 
 
 def usage() -> str:
@@ -73,7 +111,10 @@ def main(argv: list[str] | None = None) -> None:
     if command not in COMMANDS:
         print(f"gradbench: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    sys.argv = [program, *rest]  # Hydra parses sys.argv
+    if command in PLAIN_COMMANDS:
+        module, function = PLAIN_COMMANDS[command].split(":")
+        sys.exit(getattr(importlib.import_module(module), function)(rest))
+    sys.argv = [program, *rest, f"hydra.job.name={command}"]  # Hydra parses sys.argv; log = <command>.log
     HYDRA_COMMANDS[command]()
 
 
