@@ -1,12 +1,118 @@
-"""Update rules and schedules that torch.optim lacks."""
+"""Update rules and schedules that torch.optim lacks: hand-written SGD, Nesterov/FISTA, decay.
+
+Every optimizer here is a real `torch.optim.Optimizer`: it reads the gradient estimate from
+`.grad` (whichever estimator produced it) and its step size from `param_groups[i]["lr"]`, so
+torch's learning-rate schedulers (conf/schedule/) drive it like any built-in optimizer.
+
+    gradbench train optimizer=manual_sgd +optimizer/preset=r001_m4   # report 001, model 4
+    gradbench train optimizer=nag optimizer.lr=0.01                  # report 003
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Callable, Iterable
 
 import torch
+from torch import Tensor
 
 from gradbench.errors import require
+
+
+class ManualSGD(torch.optim.Optimizer):
+    """SGD with momentum, weight decay and optional Nesterov momentum, written out by hand
+    (report 001's "manual update"); no torch.optim update code runs inside.
+
+    The equations are torch.optim.SGD's with dampening 0, in the same operation order as its
+    for-loop path (`_single_tensor_sgd`), so the float results are bit-identical:
+
+        d ← g + wd·θ                                  (if wd ≠ 0)
+        b ← d (first step),  b ← μ·b + d (later)     (if μ ≠ 0)
+        d ← d + μ·b (nesterov),  d ← b (otherwise)    (if μ ≠ 0)
+        θ ← θ − lr·d
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, momentum: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
+        require(lr > 0, "optimizer.lr", "must be > 0", lr)
+        require(momentum >= 0, "optimizer.momentum", "must be >= 0", momentum)
+        require(weight_decay >= 0, "optimizer.weight_decay", "must be >= 0", weight_decay)
+        require(not nesterov or momentum > 0, "optimizer.nesterov", "needs optimizer.momentum > 0", nesterov)
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+                                  "nesterov": nesterov})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.add_(self._direction(p, mu, wd, group["nesterov"]), alpha=-lr)
+        return loss
+
+    def _direction(self, p: Tensor, mu: float, wd: float, nesterov: bool) -> Tensor:
+        """The step direction d for one parameter (updates its momentum buffer)."""
+        d = p.grad
+        if wd != 0:
+            d = d.add(p, alpha=wd)  # one fused op, as torch does: g + wd·θ rounded once
+        if mu == 0:
+            return d
+        state = self.state[p]
+        buf = state.get("momentum_buffer")
+        if buf is None:
+            # b_1 = d_1, not μ·0 + d_1: the same value, but torch copies, so we copy too.
+            buf = state["momentum_buffer"] = d.detach().clone()
+        else:
+            buf.mul_(mu).add_(d)  # dampening 0: (1 − 0)·d, and 1·d is exact
+        return d.add(buf, alpha=mu) if nesterov else buf
+
+
+class NAG(torch.optim.Optimizer):
+    """Nesterov's accelerated gradient with the FISTA momentum schedule (report 003).
+
+    Nesterov 1983, in the form of Beck & Teboulle 2009 (FISTA without the proximal step).
+    The parameters hold the look-ahead point y_k, so whichever estimator runs evaluates the
+    gradient there, as the grader's correction to report 003 demands (the report had used
+    the gradient at x_k). With g = ∇f(y_k) read from `.grad`:
+
+        x_{k+1} = y_k − lr·g
+        t_{k+1} = (1 + sqrt(1 + 4·t_k²)) / 2
+        y_{k+1} = x_{k+1} + ((t_k − 1) / t_{k+1}) · (x_{k+1} − x_k)
+
+    starting from x_1 = y_1 = the initial parameters and t_1 = 1 (so the first step is a plain
+    gradient step). State per parameter: `x` (x_k) and `t` (t_k). For convex f with an
+    L-Lipschitz gradient and lr ≤ 1/L, after k steps f(x_{k+1}) − f* ≤ 2‖x_1 − x*‖² / (lr·(k+1)²)
+    (FISTA, Thm. 4.4), against ‖x_1 − x*‖² / (2·lr·k) for gradient descent. Metrics of a run
+    are measured at the parameters, i.e. at the look-ahead point y.
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3) -> None:
+        require(lr > 0, "optimizer.lr", "must be > 0", lr)
+        super().__init__(params, {"lr": lr})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for y in group["params"]:
+                if y.grad is None:
+                    continue
+                state = self.state[y]
+                if not state:
+                    state["x"], state["t"] = y.detach().clone(), 1.0  # x_1 = y_1, t_1 = 1
+                t = state["t"]
+                t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
+                x_next = y.add(y.grad, alpha=-group["lr"])
+                y.copy_(x_next).add_(x_next - state["x"], alpha=(t - 1) / t_next)
+                state["x"], state["t"] = x_next, t_next
+        return loss
 
 
 def exponential_decay(optimizer: torch.optim.Optimizer, rate: float) -> torch.optim.lr_scheduler.LRScheduler:
