@@ -23,7 +23,7 @@ import hydra
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gradbench.errors import ConfigError
+from gradbench.errors import ConfigError, JobFailed
 from gradbench.metrics import write_json
 
 # The repository's conf/ (the package is installed editable); absolute, so any cwd works.
@@ -57,6 +57,11 @@ def run_job(job, run_dir: Path, multirun: bool):
             print(f"gradbench: error: {e}", file=sys.stderr)
             sys.exit(2)
         record_failure(run_dir, f"ConfigError: {e}")
+    except JobFailed as e:
+        if not multirun:
+            print(f"gradbench: failed: {e}", file=sys.stderr)
+            sys.exit(1)
+        record_failure(run_dir, f"JobFailed: {e}")
     except Exception:
         if not multirun:
             raise
@@ -114,7 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     if command in PLAIN_COMMANDS:
         module, function = PLAIN_COMMANDS[command].split(":")
         sys.exit(getattr(importlib.import_module(module), function)(rest))
-    sys.argv = [program, *rest, f"hydra.job.name={command}"]  # Hydra parses sys.argv; log = <command>.log
+    # Hydra parses sys.argv; the job name (its log file, <command>.log) goes first, so that
+    # flags such as `--cfg job` may still follow the user's overrides.
+    sys.argv = [program, f"hydra.job.name={command}", *rest]
     HYDRA_COMMANDS[command]()
 
 

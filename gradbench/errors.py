@@ -1,8 +1,14 @@
-"""The one exception for bad user input: the CLI prints it without a traceback."""
+"""The exceptions the CLI prints as one line, without a traceback: bad user input (exit
+status 2) and a job whose verdict is a failure (exit status 1)."""
 
 
 class ConfigError(ValueError):
     """A config value that is not allowed; the message names the key and what is allowed."""
+
+
+class JobFailed(RuntimeError):
+    """A job that ran to the end and wrote its outputs, but whose verdict is a failure (e.g.
+    `gradbench check` found an estimator that disagrees): one line, exit status 1."""
 
 
 def require(ok: bool, key: str, rule: str, got: object) -> None:

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from gradbench.cli import main
 
 GRADBENCH = str(Path(sys.executable).parent / "gradbench")
 FAST = ["eval_every=5", "plot=false", "log_every_s=1000"]  # keep unit-level runs lean
+
+# The test problems are tiny: a second intra-op thread only adds synchronisation (10-50x
+# slower steps when the 2 cores are shared). Subprocesses get the same through the env.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_dirs(root: Path) -> list[Path]:
