@@ -119,9 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     if command in PLAIN_COMMANDS:
         module, function = PLAIN_COMMANDS[command].split(":")
         sys.exit(getattr(importlib.import_module(module), function)(rest))
-    # Hydra parses sys.argv; the job name (its log file, <command>.log) goes first, so that
-    # flags such as `--cfg job` may still follow the user's overrides.
-    sys.argv = [program, f"hydra.job.name={command}", *rest]
+    os.environ["GRADBENCH_COMMAND"] = command  # hydra.job.name: the log file is <command>.log
+    sys.argv = [program, *rest]  # Hydra parses sys.argv
     HYDRA_COMMANDS[command]()
 
 

@@ -6,6 +6,7 @@ This is the only module that reads the config; everything it calls takes plain o
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import time
@@ -24,6 +25,7 @@ from gradbench.estimators import Estimator
 from gradbench.metrics import STEP_COLUMNS, MetricsWriter, eval_columns, write_json
 from gradbench.models import Model, Params, count_parameters
 from gradbench.plots import plot_run
+from gradbench.probes import GradientProbe
 from gradbench.train import Result, StopRule, predict, train
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,8 @@ def validate(cfg: DictConfig) -> None:
     require(cfg.eval_chunk >= 1, "eval_chunk", "must be >= 1", cfg.eval_chunk)
     bad = [s for s in cfg.eval_splits if s not in SPLITS]
     require(not bad, "eval_splits", f"must be a subset of {list(SPLITS)}", list(cfg.eval_splits))
+    require(cfg.sweep_metric.partition("_")[0] in SPLITS, "sweep_metric",
+            "must be <split>_<metric> with split train | val | test", cfg.sweep_metric)
     lr = cfg.optimizer.get("lr")
     require(lr is None or lr > 0, "optimizer.lr", "must be > 0", lr)
 
@@ -112,13 +116,21 @@ def setup(cfg: DictConfig) -> Setup:
 def train_job(cfg: DictConfig, run_dir: Path) -> float:
     """Train one config into `run_dir`; returns the headline metric for sweepers."""
     started = time.perf_counter()
+    if cfg.skip_done and (done := finished_run(run_dir)):
+        log.info("skipped: %s already holds a finished run of these overrides", run_dir)
+        return headline(done["final"], cfg.sweep_metric)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(cfg.deterministic)
     s = setup(cfg)
     estimator: Estimator = build(cfg.estimator, "estimator", generator=stream(cfg.seed, "tangents", s.device))
+    estimator.bind(s.model)  # an estimator that cannot handle this model refuses before any step
     optimizer = build(cfg.optimizer, "optimizer", params=list(s.params.values()))
     scheduler = build(cfg.schedule, "schedule", optimizer=optimizer)
     splits = [name for name in cfg.eval_splits if len(s.data.splits[name])]
-    columns = STEP_COLUMNS + eval_columns(splits, s.model.metric_names)
+    probes = (GradientProbe(),) if cfg.diagnose else ()
+    columns = [*STEP_COLUMNS, *(c for probe in probes for c in probe.columns),
+               *eval_columns(splits, s.model.metric_names)]
     setup_time = time.perf_counter() - started
     log.info("run dir %s | %s | %d parameters | device %s", run_dir, _choices(), count_parameters(s.params), s.device)
 
@@ -129,7 +141,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> float:
                 s.model, s.params, s.data, estimator, optimizer, scheduler, writer,
                 batch_size=cfg.batch_size, eval_every=cfg.eval_every, eval_splits=splits,
                 eval_chunk=cfg.eval_chunk, generator=stream(cfg.seed, "batches"),
-                log_every_s=cfg.log_every_s,
+                log_every_s=cfg.log_every_s, probes=probes,
                 stop=StopRule(cfg.max_steps, cfg.max_epochs, cfg.stop_below))
     except Exception:
         _finish(cfg, run_dir, s, result, setup_time, error=traceback.format_exc())
@@ -139,15 +151,32 @@ def train_job(cfg: DictConfig, run_dir: Path) -> float:
              result.stop_reason, result.steps, result.train_time_s, result.mean_step_time_s, run_dir)
     if result.stop_reason == "interrupted":
         raise KeyboardInterrupt
-    return headline(result)
+    return headline(result.final, cfg.sweep_metric)
 
 
-def headline(result: Result) -> float:
-    """The number a sweeper minimises: validation loss if there is a val split, else train loss."""
-    for split in ("val", "train"):
-        if split in result.final:
-            return result.final[split]["loss"]
+def headline(final: dict[str, dict[str, float]], metric: str) -> float:
+    """The final `<split>_<metric>` a sweeper optimises; train_<metric> if the split is empty."""
+    split, _, name = metric.partition("_")
+    for source in (split, "train"):
+        if name in final.get(source, {}):
+            return final[source][name]
     return math.nan
+
+
+def _overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task)
+
+
+def finished_run(run_dir: Path) -> dict | None:
+    """The summary of a finished run of the same overrides in `run_dir`, if there is one."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    summary = json.loads(path.read_text())
+    done = summary.get("stop_reason") not in (None, "failed", "interrupted")
+    return summary if done and summary.get("overrides") == _overrides() else None
 
 
 def _choices() -> str:
@@ -176,6 +205,7 @@ def _finish(cfg: DictConfig, run_dir: Path, s: Setup, result: Result, setup_time
         "seed": cfg.seed,
         "deterministic": cfg.deterministic,
         "choices": {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")},
+        "overrides": _overrides(),
         "estimator": OmegaConf.to_container(cfg.estimator),
         "initial": result.initial,
         "final": result.final,

@@ -109,12 +109,20 @@ def train(model: Model, params: Params, data: Data, estimator: Estimator,
             sync()
             t0 = time.perf_counter()
             loss, grads = estimator(objective, params)
+            probed, probe_time = {}, 0.0
+            if probes:  # at the estimate's parameters (before the update), off the clock
+                sync()
+                p0 = time.perf_counter()
+                for probe in probes:
+                    probed.update(probe(objective, params, grads))
+                sync()
+                probe_time = time.perf_counter() - p0
             for name, p in params.items():
                 p.grad = grads[name]
             optimizer.step()
             scheduler.step()
             sync()
-            step_time = time.perf_counter() - t0
+            step_time = time.perf_counter() - t0 - probe_time
 
             result.steps += 1
             result.train_time_s += step_time
@@ -122,8 +130,7 @@ def train(model: Model, params: Params, data: Data, estimator: Estimator,
             step, batch_loss = result.steps, float(loss)
             row = {"step": step, "epoch": (step - 1) // steps_per_epoch + 1, "batch_loss": batch_loss,
                    "lr": lr, "step_time_s": step_time, "train_time_s": result.train_time_s}
-            for probe in probes:
-                row.update(probe(objective, params, grads))
+            row.update(probed)
 
             reason = _budget_reason(step, steps_per_epoch, batch_loss, stop)
             evals = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gradbench.data import Data, Split, standardise, stratified_split
-from gradbench.errors import require
+from gradbench.errors import ConfigError, require
 
 PENGUIN_FEATURES = ["bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g"]
 
@@ -56,3 +56,24 @@ def toy(generator: torch.Generator, samples: int = 5, features: int = 4, classes
     y = y[torch.randperm(samples, generator=generator)]
     x = centres[y] + torch.randn(samples, features, generator=generator, dtype=torch.float64)
     return Data(_split(x, y, fractions, generator), num_classes=classes)
+
+
+def toy_inputs(generator: torch.Generator, samples: int = 1000, features: int = 3,
+               x: list | None = None) -> Data:
+    """Report 002's unlabelled inputs: `samples` rows of `features` (= K) entries, U(0, 1).
+
+    Explicit rows (`dataset.x=[[...], ...]`) replace the draw. Everything is training data
+    (val and test are empty); `y` is None and there are no classes.
+    """
+    if x is None:
+        for key, value in (("samples", samples), ("features", features)):
+            require(value >= 1, f"dataset.{key}", "must be >= 1", value)
+        inputs = torch.rand(samples, features, generator=generator, dtype=torch.float64)
+    else:
+        try:
+            inputs = torch.tensor([[float(v) for v in row] for row in x], dtype=torch.float64)
+        except (TypeError, ValueError):
+            raise ConfigError(f"dataset.x must be a nested list of numbers (rows of equal length), got {x!r}") from None
+        require(inputs.dim() == 2 and inputs.numel() > 0, "dataset.x", "must hold at least one row", x)
+    empty = Split(inputs[:0])
+    return Data({"train": Split(inputs), "val": empty, "test": empty}, num_classes=None)

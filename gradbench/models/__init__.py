@@ -88,6 +88,8 @@ class MLP(Model):
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = (),
                  activation: str = "relu", init: dict | None = None, l2: float = 0.0) -> None:
         super().__init__(init, l2)
+        require(num_classes is not None, "dataset", "must be labelled for a classifier such as model=mlp",
+                "unlabelled data")
         act = choose("model.activation", activation, ACTIVATIONS)
         require(all(h >= 1 for h in hidden), "model.hidden", "must be a list of positive sizes", list(hidden))
         sizes = [math.prod(input_shape), *hidden, num_classes]
