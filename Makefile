@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-all clean
+.PHONY: help setup run test test-all clean reports fwd-vs-bwd paper-mnist five-models toy-backprop gd-vs-nag cifar-search depth
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,3 +33,55 @@ test-all: setup ## every test, slow ones included
 
 clean: ## remove outputs/ (runs and reports); keeps .venv
 	rm -rf outputs/runs outputs/multirun outputs/reports
+
+# ---- one target per report table: sweep into outputs/reports/<name>/, then `gradbench report` ----
+# Re-running a target skips the jobs already finished (skip_done=true); `make clean` starts afresh.
+# Pass extra overrides to every sweep with ARGS, e.g. `make gd-vs-nag ARGS="device=cuda"`,
+# or run sweeps in parallel with ARGS="hydra/launcher=parallel threads=1".
+GRADBENCH := $(BIN)/gradbench
+REPORTS   := outputs/reports
+SWEEP      = $(GRADBENCH) train -m skip_done=true $(ARGS)
+# `gradbench data` fails at once, with the dataset's own message, when files are missing.
+NEED_DATA  = $(GRADBENCH) data hydra.run.dir=$(REPORTS)/$(1)/data $(2)
+
+reports: fwd-vs-bwd toy-backprop gd-vs-nag five-models paper-mnist depth cifar-search ## every report table
+
+fwd-vs-bwd: setup ## report 000: forward vs backward (penguins; MNIST CNN where present), shared and fair lr
+	$(SWEEP) +experiment=fwd_vs_bwd hydra.sweep.dir=$(REPORTS)/fwd_vs_bwd/shared
+	$(GRADBENCH) report $(REPORTS)/fwd_vs_bwd/shared --out $(REPORTS)/fwd_vs_bwd/shared
+	$(SWEEP) +experiment=fwd_vs_bwd_fair +protocol=r000_logreg hydra.sweep.dir=$(REPORTS)/fwd_vs_bwd/fair_logreg
+	$(GRADBENCH) report $(REPORTS)/fwd_vs_bwd/fair_logreg --best-per estimator --select val_loss --target-loss 0.3
+	$(SWEEP) +experiment=fwd_vs_bwd_fair +protocol=r000_mlp hydra.sweep.dir=$(REPORTS)/fwd_vs_bwd/fair_mlp
+	$(GRADBENCH) report $(REPORTS)/fwd_vs_bwd/fair_mlp --best-per estimator --select val_loss --target-loss 0.2
+	@if $(call NEED_DATA,fwd_vs_bwd,dataset=mnist) >/dev/null 2>&1; then \
+	  $(SWEEP) +experiment=fwd_vs_bwd +protocol=r000_cnn hydra.sweep.dir=$(REPORTS)/fwd_vs_bwd/cnn && \
+	  $(GRADBENCH) report $(REPORTS)/fwd_vs_bwd/cnn; \
+	else echo "MNIST not in the data root: the CNN part is skipped (\`gradbench data dataset=mnist\` says why)"; fi
+
+paper-mnist: setup ## the forward-gradient paper's MNIST MLP and CNN, forward vs backward (needs MNIST)
+	$(call NEED_DATA,paper_mnist,dataset=mnist)
+	$(SWEEP) +experiment=paper_mnist hydra.sweep.dir=$(REPORTS)/paper_mnist/runs
+	$(GRADBENCH) report $(REPORTS)/paper_mnist/runs --out $(REPORTS)/paper_mnist
+
+five-models: setup ## report 001: CIFAR-10 car/cat, five SGD settings x {sgd, manual_sgd} (needs CIFAR-10)
+	$(call NEED_DATA,five_models,+protocol=r001_carcat)
+	$(SWEEP) +experiment=five_models hydra.sweep.dir=$(REPORTS)/five_models/runs
+	$(GRADBENCH) report $(REPORTS)/five_models/runs --out $(REPORTS)/five_models --select val_accuracy
+
+toy-backprop: setup ## report 002: the toy network trained with hand-derived backprop and the others
+	$(SWEEP) +experiment=toy_backprop hydra.sweep.dir=$(REPORTS)/toy_backprop/runs
+	$(GRADBENCH) report $(REPORTS)/toy_backprop/runs --out $(REPORTS)/toy_backprop --select train_loss
+
+gd-vs-nag: setup ## report 003 on penguins: gradient descent vs Nesterov (FISTA schedule)
+	$(SWEEP) +experiment=gd_vs_nag hydra.sweep.dir=$(REPORTS)/gd_vs_nag/runs
+	$(GRADBENCH) report $(REPORTS)/gd_vs_nag/runs --out $(REPORTS)/gd_vs_nag --select val_accuracy
+
+cifar-search: setup ## report 004: random search (Optuna random sampler) on CIFAR-10 with PCA (needs CIFAR-10)
+	$(call NEED_DATA,cifar_search,+protocol=r004_cifar)
+	$(SWEEP) +experiment=cifar_search hydra.sweep.dir=$(REPORTS)/cifar_search/runs
+	$(GRADBENCH) report $(REPORTS)/cifar_search/runs --out $(REPORTS)/cifar_search --select val_accuracy
+
+depth: setup ## report 004: 2-5 layer MLPs on CIFAR-10 with PCA, two penalties (needs CIFAR-10)
+	$(call NEED_DATA,depth,+protocol=r004_cifar)
+	$(SWEEP) +experiment=depth hydra.sweep.dir=$(REPORTS)/depth/runs
+	$(GRADBENCH) report $(REPORTS)/depth/runs --out $(REPORTS)/depth --select val_accuracy

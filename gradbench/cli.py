@@ -82,10 +82,12 @@ COMMANDS = {
     "train": "train one model (a sweep with -m); outputs under ./outputs/",
     "check": "compare every gradient estimator with autograd at one point (float64)",
     "report": "aggregate a sweep directory into tables and plots",
+    "data": "load (download once, cache) the configured dataset and print its splits",
 }
 HYDRA_COMMANDS = {
     "train": _hydra_command("gradbench.job:train_job", "train"),
     "check": _hydra_command("gradbench.check:check_job", "check"),
+    "data": _hydra_command("gradbench.job:data_job", "data"),
 }
 PLAIN_COMMANDS = {"report": "gradbench.report:main"}  # argparse commands: function(argv)
 

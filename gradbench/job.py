@@ -113,6 +113,17 @@ def setup(cfg: DictConfig) -> Setup:
     return Setup(device, data, model, params)
 
 
+def data_job(cfg: DictConfig, run_dir: Path) -> None:
+    """Load (download, preprocess, cache) the configured dataset and print its splits."""
+    validate(cfg)
+    data = build(cfg.dataset, "dataset", generator=stream(cfg.seed, "data"))
+    print(f"{cfg.dataset._target_.rsplit('.', 1)[-1]}: input shape {list(data.input_shape)}, "
+          f"classes {data.num_classes}")
+    for name, split in data.splits.items():
+        counts = "" if split.y is None else f", per class {torch.bincount(split.y).tolist()}"
+        print(f"  {name:<5} {len(split):>6} examples{counts}")
+
+
 def train_job(cfg: DictConfig, run_dir: Path) -> float:
     """Train one config into `run_dir`; returns the headline metric for sweepers."""
     started = time.perf_counter()

@@ -1,0 +1,305 @@
+"""`gradbench report DIR`: the runs of a sweep → one table row per group of seeds, plots, the best group.
+
+    gradbench report outputs/multirun/<date>/<time> [--target-loss 0.3] [--select val_loss]
+                     [--best-per estimator] [--reference FILE.yaml] [--ignore KEY ...] [--out OUT]
+
+Groups are the runs' overrides minus `seed=`; cells are mean ± 95% CI over the group's seeds
+(gradbench.report_runs). Writes table.csv, table.md, best.md, confusion.png, <metric>.png
+overlays (gradbench.report_plots) and, with --best-per, table_best.csv/.md; prints the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from omegaconf import OmegaConf
+
+from gradbench.report_runs import Run, aggregate, find_runs, group_of, label, metric_columns, runs_frame
+
+CI_NOTE = ("cells: mean ± 95% CI over seeds (Student t: t·s/√n; the mean alone for one run or equal values); "
+           "failed, diverged and interrupted runs are counted in `failed` and left out of the means")
+
+
+def fmt(x, digits: int = 4) -> str:
+    if isinstance(x, str):
+        return x
+    if x is None or not math.isfinite(x):
+        return ""
+    return f"{x:.0f}" if abs(x) >= 10**digits else f"{x:.{digits}g}"
+
+
+def cell(row: pd.Series, metric: str) -> str:
+    """`mean ± ci` (the mean alone for one run or identical runs); the stop reason where no run of
+    the group finished."""
+    if row["ok"] == 0:
+        return row["status"]
+    mean, ci = row.get(metric, math.nan), row.get(f"{metric}_ci", math.nan)
+    return fmt(mean) if not (math.isfinite(ci) and ci > 0) else f"{fmt(mean)} ± {fmt(ci, 2)}"
+
+
+def varying(groups: list[dict[str, str]]) -> list[str]:
+    """The override keys whose value differs between groups (a missing key counts as a value)."""
+    keys = list(dict.fromkeys(k for g in groups for k in g))
+    return [k for k in keys if len({g.get(k, "") for g in groups}) > 1]
+
+
+def shown(table: pd.DataFrame) -> list[str]:
+    """The metrics table.md shows: all but errors where the same split has accuracy (redundant)."""
+    metrics = [c for c in table.columns if f"{c}_ci" in table]
+    return [m for m in metrics if not (m.endswith("_errors") and m.replace("_errors", "_accuracy") in metrics)]
+
+
+def markdown(table: pd.DataFrame, keys: list[str]) -> str:
+    """A markdown table: group keys, run counts, then each metric with its `report` column beside it."""
+    keys = keys or ["group"]
+    columns = [*keys, "n", "failed", "stops"] + (["reached"] if "reached" in table else [])
+    for metric in shown(table):
+        columns += [metric] + ([f"report {metric}"] if f"report {metric}" in table else [])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for _, row in table.iterrows():
+        cells = []
+        for c in columns:
+            if c == "reached":
+                cells.append(f"{row['reached']}/{row['ok']}" if row["ok"] else row["status"])
+            elif c in keys or c in ("n", "failed", "stops") or c.startswith("report "):
+                cells.append(fmt(row[c]) if isinstance(row[c], float) else "" if row[c] is None else str(row[c]))
+            else:
+                cells.append(cell(row, c))
+        lines.append("| " + " | ".join(x.replace("|", "\\|") for x in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def csv_columns(table: pd.DataFrame, keys: list[str]) -> list[str]:
+    """table.csv: group keys, full override string, counts, then per metric mean, CI, report value."""
+    columns = [*keys, "group", "n", "ok", "failed", "status", "stops"] + (["reached"] if "reached" in table else [])
+    for metric in [c for c in table.columns if f"{c}_ci" in table]:
+        columns += [metric, f"{metric}_ci"] + ([f"report {metric}"] if f"report {metric}" in table else [])
+    return columns
+
+
+def _same(ours, theirs) -> bool:
+    """A reference match value against a run's value: numerically if both are numbers, else as text."""
+    if ours is None:
+        return False
+    try:
+        return math.isclose(float(ours), float(theirs), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        return str(ours).strip().lower() == str(theirs).strip().lower()
+
+
+def load_reference(path: Path | None, runs: list[Run]) -> dict:
+    """{source, rows} from --reference FILE.yaml, else merged from the runs' `reference` config key."""
+    if path is not None:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = data.get("reference", data)
+        return {"source": data.get("source", str(path)), "rows": list(data.get("rows") or [])}
+    sources, rows = [], []
+    for run in runs:
+        node = OmegaConf.select(run.config, "reference", default=None)
+        if node is None:
+            continue
+        data = OmegaConf.to_container(node, resolve=False)
+        if data.get("source") not in sources:
+            sources.append(data.get("source"))
+        rows += [r for r in data.get("rows") or [] if r not in rows]
+    return {"source": ", ".join(str(s) for s in sources if s), "rows": rows}
+
+
+def attach_reference(table: pd.DataFrame, first: dict[str, Run], reference: dict) -> list[dict]:
+    """Add `report <metric>` columns in place for every group a reference row matches (the first
+    matching row wins per metric); returns the reference rows that matched no group."""
+    unmatched = []
+    for ref in reference["rows"]:
+        match = ref.get("match") or {}
+        hits = [i for i, g in table["group"].items() if all(_same(first[g].lookup(k), v) for k, v in match.items())]
+        if not hits:
+            unmatched.append(ref)
+        for metric, value in (ref.get("values") or {}).items():
+            column = f"report {metric}"
+            if column not in table:
+                table[column] = None
+            for i in hits:
+                if pd.isna(table.at[i, column]):
+                    table.at[i, column] = value
+    return unmatched
+
+
+def maximise(metric: str) -> bool:
+    return "accuracy" in metric  # losses, errors, steps and times: lower is better
+
+
+def default_select(table: pd.DataFrame) -> str | None:
+    return next((m for m in ("val_accuracy", "val_loss", "train_loss") if m in table and table[m].notna().any()), None)
+
+
+def best_row(table: pd.DataFrame, metric: str):
+    """Index of the best group by the metric's mean; groups with a failed run only if no group is complete."""
+    candidates = table[table[metric].notna()]
+    if (candidates["failed"] == 0).any():
+        candidates = candidates[candidates["failed"] == 0]
+    if candidates.empty:
+        return None
+    return candidates[metric].idxmax() if maximise(metric) else candidates[metric].idxmin()
+
+
+def best_per(table: pd.DataFrame, first: dict[str, Run], key: str, metric: str) -> pd.DataFrame:
+    """For each value of `key` (override, group choice or config key), its best group's row."""
+    values = [first[g].lookup(key) for g in table["group"]]
+    if all(v is None for v in values):
+        raise ValueError(f"--best-per {key}: no run has it as an override, group choice or config key")
+    table = table.assign(**{key: [str(v) for v in values]})
+    rows = [best_row(part, metric) for _, part in table.groupby(key, sort=False)]
+    return table.loc[[r for r in rows if r is not None]]
+
+
+def confusion(runs: list[Run]) -> np.ndarray | None:
+    """The mean over seeds of the finished runs' test confusion matrices (rows true, columns predicted)."""
+    mats = [r.summary["test_confusion"] for r in runs if r.ok and r.summary.get("test_confusion")]
+    return np.mean(np.asarray(mats, dtype=float), axis=0) if mats else None
+
+
+def best_section(row: pd.Series, metric: str, runs: list[Run], matrix: np.ndarray | None) -> str:
+    """best.md: the selected group, its selection metric and test metrics, its confusion matrix."""
+    lines = [f"## Best group by {metric} ({'max' if maximise(metric) else 'min'}): {row['group']}", "",
+             f"- {metric}: {cell(row, metric)} (runs: {row['stops']})"]
+    lines += [f"- {m}: {cell(row, m)}" for m in row.index if m.startswith("test_") and not m.endswith("_ci")]
+    if matrix is not None:
+        n = sum(1 for r in runs if r.ok and r.summary.get("test_confusion"))
+        k = len(matrix)
+        lines += ["", f"Test confusion matrix, mean over {n} seed(s) (rows: true class, columns: predicted):", "",
+                  "| true \\ predicted | " + " | ".join(map(str, range(k))) + " |", "|" + "---|" * (k + 1)]
+        lines += [f"| {i} | " + " | ".join(f"{v:.4g}" for v in matrix[i]) + " |" for i in range(k)]
+        lines += ["", "![confusion matrix](confusion.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def report(args: argparse.Namespace) -> int:
+    """Read the runs, write every output, print the tables."""
+    runs, skipped = find_runs(args.dir)
+    if skipped:
+        note(f"skipped {len(skipped)} run dir(s) without summary.json (still running, killed, or not a train run)")
+    if not runs:
+        note(f"error: no finished run dirs (.hydra/overrides.yaml + summary.json) under {args.dir}")
+        return 1
+    ignore = tuple(k.lstrip("+~") for k in args.ignore)
+    by_group = group_runs(runs, ignore)
+    first = {g: members[0] for g, members in by_group.items()}
+    keys = varying([group_of(first[g], ignore) for g in by_group])
+    frame = runs_frame(runs, ignore, args.target_loss)
+    table = aggregate(frame)
+    for k in reversed(keys):  # the group keys that vary, as the table's first columns
+        table.insert(0, k, [group_of(first[g], ignore).get(k, "") for g in table["group"]])
+    reference = load_reference(args.reference, list(first.values()))
+    for ref in attach_reference(table, first, reference):
+        note(f"reference row matches no group: {ref.get('match')}")
+    metric = args.select or default_select(table)
+    if metric is not None and metric not in table:
+        raise ValueError(f"--select {metric}: not a column; choose from {', '.join(metric_columns(frame))}")
+
+    out = Path(args.out or args.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    short = {g: " ".join(f"{k}={group_of(first[g], ignore).get(k, '')}" for k in keys) or g for g in by_group}
+    text = write_table(table, keys, out / "table", reference.get("source"), failures(runs))
+    if metric is not None and (i := best_row(table, metric)) is not None:
+        group = table.at[i, "group"]
+        text += "\n" + write_best(table.loc[i], metric, by_group[group], short[group], out, args.no_plots)
+    if args.best_per and metric is None:
+        note(f"--best-per {args.best_per}: no metric to select on (no run finished)")
+    elif args.best_per:
+        best = best_per(table, first, args.best_per, metric)
+        text += f"\n## Best group per {args.best_per} (by {metric})\n\n"
+        text += write_table(best, [args.best_per, *(k for k in keys if k != args.best_per)],
+                            out / "table_best", reference.get("source"))
+    if not args.no_plots:
+        from gradbench.report_plots import plot_overlays
+
+        plot_overlays({short[g]: [r.curve() for r in rs if r.ok and not r.metrics.empty]
+                       for g, rs in by_group.items()}, out)
+    print(text, end="")
+    note(f"{len(runs)} runs in {len(by_group)} groups → {out}")
+    return 0
+
+
+def group_runs(runs: list[Run], ignore: tuple[str, ...]) -> dict[str, list[Run]]:
+    """Runs by group label, in first-seen order; says when a group holds a seed twice."""
+    by_group: dict[str, list[Run]] = {}
+    for run in runs:
+        by_group.setdefault(label(group_of(run, ignore)), []).append(run)
+    for g, members in by_group.items():  # several sweeps of one config under DIR, say
+        if len(seeds := [r.overrides.get("seed") for r in members]) > len(set(seeds)):
+            note(f"group {g!r} holds the same seed more than once: {seeds}")
+    return by_group
+
+
+def note(text: str) -> None:
+    print(f"gradbench report: {text}", file=sys.stderr)
+
+
+def failures(runs: list[Run]) -> str:
+    """Why runs failed: each distinct error's last line, how many runs, the first run dir."""
+    errors: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.summary.get("error"):
+            errors.setdefault(str(run.summary["error"]).strip().splitlines()[-1], []).append(run)
+    return "".join(f"\n- failed ×{len(rs)}: {e} (first: {rs[0].path})" for e, rs in errors.items())
+
+
+def write_table(table: pd.DataFrame, keys: list[str], stem: Path, source: str | None, extra: str = "") -> str:
+    """<stem>.csv and <stem>.md (the table, a note on the cells, then `extra`); returns the markdown."""
+    table[[c for c in csv_columns(table, keys) if c in table]].to_csv(stem.with_suffix(".csv"), index=False)
+    text = markdown(table, keys) + f"\n{CI_NOTE}" + (f"; `report` columns: {source}" if source else "") + ".\n"
+    text += extra + "\n" if extra else ""
+    stem.with_suffix(".md").write_text(text)
+    return text
+
+
+def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Path, no_plots: bool) -> str:
+    """best.md and confusion.png (the mean test confusion over the group's seeds)."""
+    matrix = confusion(runs)
+    text = best_section(row, metric, runs, None if no_plots else matrix)
+    if matrix is not None and not no_plots:
+        from gradbench.report_plots import plot_confusion
+
+        n = sum(1 for r in runs if r.ok and r.summary.get("test_confusion"))
+        plot_confusion(matrix, f"{name}\ntest set, mean over {n} seed(s)", out / "confusion.png")
+    (out / "best.md").write_text(text)
+    return text
+
+
+def main(argv: list[str]) -> int:
+    """`gradbench report DIR [options]`; returns the exit status."""
+    args = parser().parse_args(argv)
+    if not args.dir.is_dir():
+        print(f"gradbench report: error: {args.dir} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        return report(args)
+    except ValueError as e:  # bad option values found only once the runs are read
+        print(f"gradbench report: error: {e}", file=sys.stderr)
+        return 2
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gradbench report", description="Aggregate the runs under DIR (a sweep dir or any parent) "
+        "into table.csv/table.md, overlay plots and the best group; groups = overrides minus seed.")
+    p.add_argument("dir", type=Path, metavar="DIR", help="a multirun dir, or any folder above run dirs")
+    p.add_argument("--out", type=Path, help="where to write the outputs (default: DIR)")
+    p.add_argument("--ignore", nargs="+", action="extend", default=[], metavar="KEY",
+                   help="override keys left out of the grouping, like seed (e.g. device)")
+    p.add_argument("--target-loss", type=float, metavar="X",
+                   help="steps and train time until train_loss < X (default: runs that stopped on stop_below)")
+    p.add_argument("--select", metavar="METRIC", help="pick the best group by this metric's mean "
+                   "(*accuracy*: max, else min; default val_accuracy, else val_loss, else train_loss)")
+    p.add_argument("--best-per", metavar="KEY", help="also table_best.*: the best group (by --select) "
+                   "for each value of KEY, a group choice or override key such as estimator")
+    p.add_argument("--reference", type=Path, metavar="FILE.yaml",
+                   help="a report's numbers to show beside ours (default: `reference` in the runs' config)")
+    p.add_argument("--no-plots", action="store_true", help="tables only (no PNGs)")
+    return p

@@ -1,0 +1,209 @@
+"""The runs of a sweep as data, for `gradbench report`: find and read run dirs, one row per run,
+one row per group of seeds with mean and 95% confidence interval (Student t) of each number.
+
+Reads only a run dir's files (summary.json, metrics.csv, .hydra/), so any sweep can be
+re-aggregated at any time, also while it is still running.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from omegaconf import DictConfig, OmegaConf
+
+BAD = ("failed", "diverged", "interrupted")  # stop reasons whose numbers are left out of the means
+SPLITS = ("train", "val", "test")
+
+# Student t quantiles t_{0.975, df} for df = 1..30 (two-sided 95%); scipy is not a dependency.
+T975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252,
+        2.306004135, 2.262157163, 2.228138852, 2.200985160, 2.178812830, 2.160368656, 2.144786688,
+        2.131449546, 2.119905299, 2.109815578, 2.100922040, 2.093024054, 2.085963447, 2.079613845,
+        2.073873068, 2.068657610, 2.063898562, 2.059538553, 2.055529439, 2.051830516, 2.048407142,
+        2.045229642, 2.042272456)
+
+
+def t975(df: int) -> float:
+    """t_{0.975, df}: the table up to df 30, then the Cornish–Fisher expansion (error < 2e-6)."""
+    if df < 1:
+        return math.nan
+    if df <= len(T975):
+        return T975[df - 1]
+    z = 1.959963984540054  # the normal quantile Φ⁻¹(0.975)
+    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+
+
+def mean_ci(values) -> tuple[float, float, int]:
+    """(mean, half-width t_{0.975,n−1}·s/√n of the 95% CI, n) over the finite values; CI NaN if n < 2."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, 0
+    if n == 1:
+        return float(x[0]), math.nan, 1
+    return float(x.mean()), t975(n - 1) * float(x.std(ddof=1)) / math.sqrt(n), n
+
+
+@dataclass
+class Run:
+    """One run dir's files: the overrides Hydra saved, summary.json and metrics.csv."""
+
+    path: Path
+    overrides: dict[str, str]  # key (Hydra's +/++/~ prefix dropped) → value, in command-line order
+    summary: dict
+    metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # empty when there is no metrics.csv
+
+    @property
+    def ok(self) -> bool:
+        return self.summary.get("stop_reason") not in BAD
+
+    @cached_property
+    def config(self) -> DictConfig:
+        path = self.path / ".hydra" / "config.yaml"
+        return OmegaConf.load(path) if path.exists() else OmegaConf.create({})
+
+    @cached_property
+    def choices(self) -> dict:
+        """Group → option; a job that failed during setup has them only in .hydra/hydra.yaml."""
+        if self.summary.get("choices"):
+            return self.summary["choices"]
+        path = self.path / ".hydra" / "hydra.yaml"
+        hydra = yaml.safe_load(path.read_text()) if path.exists() else {}
+        return ((hydra or {}).get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+
+    def lookup(self, key: str):
+        """A key's value for this run: an override, else a group choice, else a dotted config key."""
+        if key in self.overrides:
+            return self.overrides[key]
+        if key in self.choices:
+            return self.choices[key]
+        try:
+            return OmegaConf.select(self.config, key, default=None, throw_on_resolution_failure=False)
+        except Exception:  # an interpolation that needs Hydra's runtime: not comparable here
+            return None
+
+
+    def curve(self) -> pd.DataFrame:
+        """metrics.csv with the initial evaluation (summary.json) as step 0 at train time 0."""
+        initial = {f"{s}_{k}": _num(v) for s, ms in (self.summary.get("initial") or {}).items() for k, v in ms.items()}
+        if not initial:
+            return self.metrics
+        return pd.concat([pd.DataFrame([{"step": 0, "train_time_s": 0.0, **initial}]), self.metrics], ignore_index=True)
+
+
+def _natural(path: Path) -> list:
+    """Sort key that puts job 10 after job 9."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
+    """Every run dir under root (a folder with .hydra/overrides.yaml), in natural order; those
+    without summary.json yet (still running, or killed) come back separately as skipped."""
+    dirs = sorted({p.parent.parent for p in Path(root).rglob("overrides.yaml") if p.parent.name == ".hydra"},
+                  key=_natural)
+    runs, skipped = [], []
+    for path in dirs:
+        if (path / "summary.json").exists():
+            runs.append(load_run(path))
+        else:
+            skipped.append(path)
+    return runs, skipped
+
+
+def load_run(path: Path) -> Run:
+    lines = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
+    overrides = {}
+    for line in map(str, lines):
+        key, _, value = line.partition("=")
+        overrides[key.lstrip("+~")] = value
+    summary = json.loads((path / "summary.json").read_text())
+    csv = path / "metrics.csv"
+    metrics = pd.read_csv(csv) if csv.exists() and csv.stat().st_size else pd.DataFrame()
+    return Run(path, overrides, summary, metrics)
+
+
+def group_of(run: Run, ignore: tuple[str, ...] = ()) -> dict[str, str]:
+    """The overrides that define a run's group: all but the seed and the ignored keys."""
+    return {k: v for k, v in run.overrides.items() if k != "seed" and k not in ignore}
+
+
+def label(group: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in group.items()) or "(defaults)"
+
+
+def _num(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def run_values(run: Run, target_loss: float | None) -> dict[str, float]:
+    """One run's numbers: final metrics per split, best val metrics, steps, times, steps to target."""
+    s, m = run.summary, run.metrics
+    values = {key: _num(s.get(key)) for key in ("steps", "mean_step_time_s", "train_time_s")}
+    for split, metrics in (s.get("final") or {}).items():
+        values.update({f"{split}_{name}": _num(v) for name, v in metrics.items()})
+    if "val_loss" in m:
+        values["best_val_loss"] = _num(m["val_loss"].min())
+    if "val_accuracy" in m:
+        values["best_val_accuracy"] = _num(m["val_accuracy"].max())
+    if target_loss is not None:
+        below = m[m["train_loss"] < target_loss] if "train_loss" in m else m.iloc[:0]
+        hit = below.iloc[0] if len(below) else None
+        values["steps_to_target"] = _num(hit["step"]) if hit is not None else math.nan
+        values["time_to_target_s"] = _num(hit["train_time_s"]) if hit is not None else math.nan
+    elif s.get("stop_reason") == "threshold":  # stop_below fired: the run's end is the target
+        values["steps_to_target"], values["time_to_target_s"] = values["steps"], values["train_time_s"]
+    return values
+
+
+def runs_frame(runs: list[Run], ignore: tuple[str, ...] = (), target_loss: float | None = None) -> pd.DataFrame:
+    """One row per run: its group label, seed, stop reason, ok, and run_values."""
+    rows = [{"group": label(group_of(r, ignore)), "seed": r.overrides.get("seed", r.summary.get("seed")),
+             "path": str(r.path), "stop_reason": r.summary.get("stop_reason", ""), "ok": r.ok,
+             **run_values(r, target_loss)} for r in runs]
+    frame = pd.DataFrame(rows)
+    if "steps_to_target" in frame:
+        frame["reached"] = frame["steps_to_target"].notna()
+    return frame
+
+
+def metric_columns(frame: pd.DataFrame) -> list[str]:
+    """The numbers to aggregate, in table order: steps, target, per split final (+ best val), times."""
+    names = ["steps", "steps_to_target", "time_to_target_s"]
+    for split in SPLITS:
+        names += [c for c in frame.columns if c.startswith(f"{split}_") and c not in ("train_time_s",)]
+        if split == "val":
+            names += ["best_val_loss", "best_val_accuracy"]
+    names += ["mean_step_time_s", "train_time_s"]
+    return [c for c in names if c in frame]
+
+
+def aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per group (first-seen order): run counts, stop reasons, and for each metric its mean
+    and 95% CI half-width (`<metric>_ci`) over the group's runs that did not fail or diverge."""
+    metrics = metric_columns(frame)
+    rows = []
+    for name, runs in frame.groupby("group", sort=False):
+        ok = runs[runs["ok"]]
+        reasons = runs["stop_reason"].value_counts()
+        row = {"group": name, "n": len(runs), "ok": len(ok), "failed": len(runs) - len(ok),
+               # what a group none of whose runs finished shows in its cells
+               "status": "ok" if len(ok) else reasons.index[0] if len(reasons) == 1 else "failed",
+               "stops": ", ".join(f"{r}×{k}" for r, k in reasons.items())}
+        if "reached" in frame:
+            row["reached"] = int(ok["reached"].sum())
+        for metric in metrics:
+            row[metric], row[f"{metric}_ci"], _ = mean_ci(ok[metric])
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,216 @@
+"""`gradbench report` on real small sweeps: grouping, mean ± t-based CI over seeds, failed and
+diverged runs, steps to a loss target, the best group, the best group per key, report columns."""
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import FAST, Runner
+from gradbench.report import cell, main
+from gradbench.report_runs import mean_ci, t975
+
+# t_{0.975, df} from an independent source (scipy.stats.t.ppf), df → value
+T_REFERENCE = {1: 12.706204736174707, 2: 4.302652729749464, 10: 2.2281388519649385,
+               30: 2.0422724563012373, 31: 2.0395134463964077, 60: 2.0002978220142604, 1000: 1.9623390808264078}
+QUIET = [*FAST, "save_model=false"]
+
+
+def sweep(root: Path, *overrides: str) -> Path:
+    """Run `gradbench train ... -m` in root; return the sweep dir."""
+    with pytest.MonkeyPatch.context() as mp:
+        run_dirs = Runner(root, mp)("train", *overrides, *QUIET, "-m")
+    return run_dirs[0].parent
+
+
+@pytest.fixture(scope="module")
+def logreg(tmp_path_factory) -> Path:
+    """2 estimators × 3 learning rates (one invalid: every job fails) × 3 seeds, penguins, 20 steps."""
+    return sweep(tmp_path_factory.mktemp("logreg"), "model=logreg", "max_steps=20", "estimator=forward,backward",
+                 "optimizer.lr=0.03,0.3,-1", "seed=0,1,2")
+
+
+@pytest.fixture(scope="module")
+def toynet(tmp_path_factory) -> Path:
+    """No labels, no val split: loss only. lr 5 diverges within a few steps; lr 0.01 reaches
+    stop_below=2 (the toy loss starts near 18)."""
+    return sweep(tmp_path_factory.mktemp("toynet"), "model=toynet", "dataset=toy_inputs", "dataset.samples=50",
+                 "max_steps=30", "stop_below=2.0", "optimizer.lr=0.01,5", "seed=0,1")
+
+
+def report(sweep_dir: Path, *options: str, out: Path | None = None) -> Path:
+    out = out or sweep_dir / "report"
+    assert main([str(sweep_dir), "--out", str(out), *options]) == 0
+    return out
+
+
+def summaries(sweep_dir: Path) -> pd.DataFrame:
+    """One row per job: estimator, lr, seed, stop reason and the final metrics, read by hand."""
+    rows = []
+    for path in sorted(sweep_dir.glob("*/summary.json")):
+        lines = (path.parent / ".hydra/overrides.yaml").read_text().splitlines()
+        overrides = dict(line.removeprefix("- ").split("=", 1) for line in lines)
+        summary = json.loads(path.read_text())
+        row = {**overrides, "stop_reason": summary["stop_reason"], "path": path.parent}
+        row.update({f"{s}_{k}": v for s, ms in (summary.get("final") or {}).items() for k, v in ms.items()})
+        row.update({k: summary.get(k) for k in ("steps", "train_time_s", "test_confusion")})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def by_hand(values) -> tuple[float, float]:
+    x = np.asarray(values, dtype=float)
+    return x.mean(), T_REFERENCE[len(x) - 1] * x.std(ddof=1) / math.sqrt(len(x))
+
+
+def test_t_quantile_matches_an_independent_table():
+    for df, value in T_REFERENCE.items():
+        assert t975(df) == pytest.approx(value, abs=2e-6)
+
+
+def test_one_run_shows_its_value_without_a_ci():
+    assert mean_ci([0.5, math.nan]) == (0.5, pytest.approx(math.nan, nan_ok=True), 1)
+    row = pd.Series({"ok": 1, "status": "ok", "val_loss": 0.5, "val_loss_ci": math.nan})
+    assert cell(row, "val_loss") == "0.5"
+    assert cell(pd.Series({"ok": 3, "val_loss": 0.5, "val_loss_ci": 0.01234}), "val_loss") == "0.5 ± 0.012"
+
+
+def test_one_row_per_group_with_mean_and_ci_over_seeds(logreg, capsys):
+    out = report(logreg, "--no-plots")
+    table = pd.read_csv(out / "table.csv", dtype={"optimizer.lr": str})
+    assert list(table.columns[:3]) == ["estimator", "optimizer.lr", "group"]  # only the keys that vary
+    assert sorted(zip(table["estimator"], table["optimizer.lr"])) == sorted(
+        (e, lr) for e in ("forward", "backward") for lr in ("0.03", "0.3", "-1"))
+    assert (table["n"] == 3).all()
+    runs = summaries(logreg)
+    for _, row in table[table["optimizer.lr"] != "-1"].iterrows():
+        mine = runs[(runs["estimator"] == row["estimator"]) & (runs["optimizer.lr"] == row["optimizer.lr"])]
+        assert row["ok"] == 3 and row["failed"] == 0 and row["stops"] == "max_steps×3"
+        for metric in ("val_accuracy", "test_loss", "train_time_s"):
+            mean, ci = by_hand(mine[metric])
+            assert row[metric] == pytest.approx(mean, rel=1e-12)
+            assert row[f"{metric}_ci"] == pytest.approx(ci, rel=1e-6)  # the t table has 10 digits
+    printed = capsys.readouterr().out
+    assert printed.startswith("| estimator | optimizer.lr | n | failed |")
+    assert printed.count(" ± ") > 10 and (out / "table.md").read_text() in printed
+
+
+def test_failed_jobs_are_counted_and_shown_as_failed(logreg):
+    out = report(logreg, "--no-plots")
+    table = pd.read_csv(out / "table.csv", dtype={"optimizer.lr": str})
+    failed = table[table["optimizer.lr"] == "-1"]
+    assert len(failed) == 2 and (failed["failed"] == 3).all() and (failed["ok"] == 0).all()
+    assert (failed["status"] == "failed").all() and failed["val_accuracy"].isna().all()
+    rows = [line for line in (out / "table.md").read_text().splitlines() if "| -1 |" in line]
+    assert len(rows) == 2 and all(line.count("| failed ") >= 10 for line in rows)
+    assert "- failed ×6: ConfigError: optimizer.lr must be > 0, got -1" in (out / "table.md").read_text()
+
+
+def test_diverged_runs_and_a_loss_only_model_without_val_split(toynet):
+    out = report(toynet)
+    table = pd.read_csv(out / "table.csv", dtype={"optimizer.lr": str}).set_index("optimizer.lr")
+    assert table.at["5", "status"] == "diverged" and table.at["5", "failed"] == 2
+    assert not any(c.startswith(("val_", "test_", "best_")) for c in table.columns)
+    runs = summaries(toynet)
+    fine = runs[runs["optimizer.lr"] == "0.01"]
+    assert (fine["stop_reason"] == "threshold").all()  # stop_below fired: the run's end is the target
+    assert table.at["0.01", "reached"] == 2
+    assert table.at["0.01", "steps_to_target"] == pytest.approx(fine["steps"].mean())
+    assert "train_loss (min)" in (out / "best.md").read_text()  # no val split: select on train loss
+    assert (out / "train_loss.png").exists() and not (out / "confusion.png").exists()
+
+
+def test_steps_and_time_to_a_target_loss(logreg):
+    out = report(logreg, "--no-plots", "--target-loss", "0.7")
+    table = pd.read_csv(out / "table.csv", dtype={"optimizer.lr": str})
+    runs = summaries(logreg)
+    for _, row in table[table["optimizer.lr"] != "-1"].iterrows():
+        mine = runs[(runs["estimator"] == row["estimator"]) & (runs["optimizer.lr"] == row["optimizer.lr"])]
+        hits = []
+        for path in mine["path"]:
+            metrics = pd.read_csv(path / "metrics.csv")
+            below = metrics[metrics["train_loss"] < 0.7]
+            if len(below):
+                hits.append(below.iloc[0][["step", "train_time_s"]])
+        assert row["reached"] == len(hits)
+        if hits:
+            assert row["steps_to_target"] == pytest.approx(np.mean([h["step"] for h in hits]))
+            assert row["time_to_target_s"] == pytest.approx(np.mean([h["train_time_s"] for h in hits]))
+    assert 0 < table["reached"].sum() < 12  # the fast rate reaches it within 20 steps, the slow one not
+
+
+def test_select_picks_the_best_group_and_draws_its_confusion_matrix(logreg):
+    out = report(logreg, "--select", "val_loss")
+    table = pd.read_csv(out / "table.csv", dtype={"optimizer.lr": str})
+    best = table.loc[table["val_loss"].idxmin()]
+    text = (out / "best.md").read_text()
+    assert text.startswith(f"## Best group by val_loss (min): {best['group']}\n")
+    runs = summaries(logreg)
+    mine = runs[(runs["estimator"] == best["estimator"]) & (runs["optimizer.lr"] == best["optimizer.lr"])]
+    mean = np.mean([np.asarray(m) for m in mine["test_confusion"]], axis=0)
+    assert "| 0 | " + " | ".join(f"{v:.4g}" for v in mean[0]) + " |" in text
+    for name in ("confusion.png", "val_accuracy.png", "val_loss.png", "train_loss.png", "test_accuracy.png"):
+        assert (out / name).stat().st_size > 0, name
+    default = report(logreg, "--no-plots", out=out / "default")  # val_accuracy, maximised
+    assert f"(max): {table.loc[table['val_accuracy'].idxmax(), 'group']}" in (default / "best.md").read_text()
+
+
+def test_best_per_estimator_chooses_each_estimators_own_best_rate(logreg, capsys):
+    out = report(logreg, "--no-plots", "--best-per", "estimator", "--select", "val_loss", "--target-loss", "0.7")
+    table = pd.read_csv(out / "table.csv", dtype={"optimizer.lr": str})
+    best = pd.read_csv(out / "table_best.csv", dtype={"optimizer.lr": str})
+    assert sorted(best["estimator"]) == ["backward", "forward"]
+    for _, row in best.iterrows():
+        mine = table[table["estimator"] == row["estimator"]]
+        assert row["optimizer.lr"] == mine.loc[mine["val_loss"].idxmin(), "optimizer.lr"]
+        assert "steps_to_target" in row and "reached" in row
+    assert "## Best group per estimator (by val_loss)" in capsys.readouterr().out
+
+
+def test_reference_columns_sit_beside_ours(logreg, tmp_path):
+    reference = tmp_path / "reference.yaml"
+    reference.write_text("reference:\n  source: report 999\n  rows:\n"
+                         "    - match: {estimator: forward, optimizer.lr: 0.3}\n      values: {val_accuracy: 0.5}\n"
+                         "    - match: {model: logreg}\n      values: {train_accuracy: 0.25}\n")
+    out = report(logreg, "--no-plots", "--reference", str(reference), out=tmp_path / "out")
+    table = pd.read_csv(out / "table.csv", dtype={"optimizer.lr": str})
+    matched = (table["estimator"] == "forward") & (table["optimizer.lr"] == "0.3")
+    assert (table.loc[matched, "report val_accuracy"] == 0.5).all()
+    assert table.loc[~matched, "report val_accuracy"].isna().all()
+    assert (table["report train_accuracy"] == 0.25).all()  # a group choice, not an override
+    header = (out / "table.md").read_text().splitlines()[0]
+    assert "| val_accuracy | report val_accuracy |" in header and "report 999" in (out / "table.md").read_text()
+
+
+def test_reference_from_the_runs_config_and_a_sweep_in_progress(logreg, tmp_path, capsys):
+    """The experiment configs carry `reference` in the composed config; a job without
+    summary.json yet is skipped and counted."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(logreg, copy, ignore=shutil.ignore_patterns("report"))
+    first = copy / "0"
+    with open(first / ".hydra/config.yaml", "a") as f:
+        f.write("reference:\n  source: report 998\n  rows:\n  - match:\n      optimizer: sgd\n"
+                "    values:\n      test_accuracy: 0.75\n")
+    (copy / "1" / "summary.json").unlink()
+    out = report(copy, "--no-plots", "--ignore", "estimator")
+    table = pd.read_csv(out / "table.csv", dtype={"optimizer.lr": str})
+    assert sorted(table["optimizer.lr"]) == ["-1", "0.03", "0.3"] and table["n"].sum() == 17
+    assert (table["report test_accuracy"] == 0.75).all()
+    assert "skipped 1 run dir(s) without summary.json" in capsys.readouterr().err
+
+
+def test_cli_dispatch_and_bad_input(logreg, tmp_path, capsys):
+    with pytest.MonkeyPatch.context() as mp:
+        runner = Runner(tmp_path, mp)
+        with pytest.raises(SystemExit) as exit_info:
+            runner("report", str(logreg), "--no-plots", "--out", str(tmp_path / "cli"))
+    assert exit_info.value.code == 0 and (tmp_path / "cli" / "table.md").exists()
+    assert main([str(logreg), "--no-plots", "--out", str(tmp_path / "x"), "--select", "nope"]) == 2
+    assert "--select nope: not a column" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 1
