@@ -1,0 +1,111 @@
+"""Every report experiment end to end through the CLI with tiny budgets, then `gradbench report`.
+
+Image experiments run on small MNIST / CIFAR-10 files written in the real formats
+(tests/image_fixtures.py), never on the real sets.
+"""
+
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import run_dirs
+from gradbench.cli import main
+from image_fixtures import write_cifar10, write_mnist
+
+TINY = ["max_steps=4", "eval_every=2", "log_every_s=1000"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root, n_train=120, n_test=40, seed=0)
+    write_cifar10(root, n_per_batch=40, seed=0)
+    return root
+
+
+@pytest.fixture
+def sweep(runner, data_root, monkeypatch):
+    """sweep(experiment, *overrides) → (sweep dir, its report's table.csv as a frame)."""
+    monkeypatch.setenv("GRADBENCH_DATA", str(data_root))
+
+    def run(experiment: str, *overrides: str, report_args: tuple = ()) -> tuple:
+        out = runner.cwd / "outputs" / "sweeps" / experiment
+        runner("train", "-m", f"+experiment={experiment}", f"hydra.sweep.dir={out}", *TINY, *overrides)
+        with pytest.raises(SystemExit) as exit_info:
+            main(["report", str(out), "--no-plots", *report_args])
+        assert exit_info.value.code == 0
+        return out, pd.read_csv(out / "table.csv")
+
+    return run
+
+
+def summaries(sweep_dir):
+    return [json.loads((d / "summary.json").read_text()) for d in run_dirs(sweep_dir.parent.parent.parent)
+            if str(d).startswith(str(sweep_dir))]
+
+
+def test_fwd_vs_bwd_groups_protocols_and_estimators_over_seeds(sweep):
+    out, table = sweep("fwd_vs_bwd", "seed=0,1")
+    assert len(table) == 4 and set(table["n"]) == {2}  # 2 protocols × 2 estimators, 2 seeds each
+    row = table[(table["estimator"] == "forward") & (table["protocol"] == "r000_logreg")].iloc[0]
+    runs = [s for s in summaries(out) if s["choices"]["estimator"] == "forward" and "protocol=r000_logreg" in " ".join(s["overrides"])]
+    values = [s["final"]["test"]["accuracy"] for s in runs]
+    assert row["test_accuracy"] == pytest.approx(sum(values) / 2)
+    assert row["test_accuracy_ci"] == pytest.approx(12.706 * abs(values[0] - values[1]) / 2, rel=1e-3)
+    assert "report steps" in table.columns  # report 000's numbers beside ours
+
+
+def test_fwd_vs_bwd_fair_picks_each_estimators_best_lr(sweep):
+    out, _ = sweep("fwd_vs_bwd_fair", "+protocol=r000_logreg", "seed=0,1", "optimizer.lr=0.01,0.3",
+                   report_args=("--best-per", "estimator", "--select", "val_loss", "--target-loss", "0.9"))
+    best = pd.read_csv(out / "table_best.csv")
+    assert sorted(best["estimator"]) == ["backward", "forward"]
+    assert set(best["optimizer.lr"]) == {0.3}  # 4 steps: the larger rate is better for both
+
+
+def test_fwd_vs_bwd_cnn_part_on_mnist(sweep):
+    _, table = sweep("fwd_vs_bwd", "+protocol=r000_cnn", "seed=0", "dataset.train_size=50",
+                     "dataset.test_size=20", "dataset.val_size=10")
+    assert sorted(table["estimator"]) == ["backward", "forward"] and (table["failed"] == 0).all()
+
+
+def test_paper_mnist_runs_both_models_and_estimators(sweep):
+    _, table = sweep("paper_mnist", "seed=0", "max_steps=2", "batch_size=8", "dataset.val_size=10")
+    assert len(table) == 4 and (table["failed"] == 0).all()
+    assert set(table["model"]) == {"mlp", "cnn_paper"}
+
+
+def test_five_models_shows_sgd_and_manual_sgd_identical(sweep):
+    _, table = sweep("five_models", "batch_size=16", "max_steps=12")
+    assert len(table) == 10 and (table["failed"] == 0).all()
+    metrics = [c for c in table.columns if c.split("_")[0] in ("train", "val", "test") and "time" not in c]
+    for preset, rows in table.groupby("optimizer/preset"):
+        sgd, manual = (rows[rows["optimizer"] == name][metrics].iloc[0] for name in ("sgd", "manual_sgd"))
+        pd.testing.assert_series_equal(sgd, manual, check_names=False)
+    assert "report val_accuracy" in table.columns
+
+
+def test_toy_backprop_estimators_agree_on_the_toy_network(sweep):
+    _, table = sweep("toy_backprop", "seed=0,1", report_args=("--select", "train_loss"))
+    losses = table.set_index("estimator")["train_loss"]
+    assert losses["manual"] == pytest.approx(losses["backward"], rel=1e-5)
+    assert losses["finite_difference"] == pytest.approx(losses["backward"], rel=1e-3)
+
+
+def test_gd_vs_nag_on_penguins(sweep):
+    _, table = sweep("gd_vs_nag", "seed=0,1", "max_epochs=6")
+    assert sorted(table["optimizer"]) == ["gd", "nag"] and set(table["n"]) == {2}
+
+
+def test_cifar_search_draws_trials_with_optunas_random_sampler(sweep, runner):
+    out, table = sweep("cifar_search", "hydra.sweeper.n_trials=3", "batch_size=16", "dataset.val_size=20")
+    assert len(table) == 3 and (table["failed"] == 0).all()
+    lrs = [s["overrides"] for s in summaries(out)]
+    assert len({str(o) for o in lrs}) == 3  # three distinct random draws
+    assert "report val_accuracy" in table.columns
+
+
+def test_depth_sweeps_layers_and_penalties(sweep):
+    _, table = sweep("depth", "seed=0", "batch_size=16", "dataset.val_size=20")
+    assert len(table) == 8 and (table["failed"] == 0).all()
