@@ -43,10 +43,7 @@ class ManualSGD(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
             for p in group["params"]:
@@ -96,10 +93,7 @@ class NAG(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             for y in group["params"]:
                 if y.grad is None:
@@ -113,6 +107,14 @@ class NAG(torch.optim.Optimizer):
                 y.copy_(x_next).add_(x_next - state["x"], alpha=(t - 1) / t_next)
                 state["x"], state["t"] = x_next, t_next
         return loss
+
+
+def _closure_loss(closure: Callable[[], float] | None) -> float | None:
+    """torch.optim's contract: if given a closure, re-evaluate the loss with autograd on."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def exponential_decay(optimizer: torch.optim.Optimizer, rate: float) -> torch.optim.lr_scheduler.LRScheduler:

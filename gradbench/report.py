@@ -66,7 +66,8 @@ def markdown(table: pd.DataFrame, keys: list[str]) -> str:
         cells = []
         for c in columns:
             if c == "reached":
-                cells.append(f"{row['reached']}/{row['ok']}" if row["ok"] else row["status"])
+                # out of every run: a diverged run did not reach the target either
+                cells.append(f"{row['reached']}/{row['n']}")
             elif c in keys or c in ("n", "failed", "stops") or c.startswith("report "):
                 cells.append(fmt(row[c]) if isinstance(row[c], float) else "" if row[c] is None else str(row[c]))
             else:
