@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-all clean reports fwd-vs-bwd paper-mnist five-models toy-backprop gd-vs-nag cifar-search depth
+.PHONY: help setup run test test-slow test-all clean reports fwd-vs-bwd paper-mnist five-models toy-backprop gd-vs-nag cifar-search depth
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ run: setup ## the default training run: penguins, MLP, forward gradient, SGD (pr
 
 test: setup ## the test suite (slow tests excluded; `make test-all` runs them too)
 	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: setup ## only the slow tests (the report make targets on penguins, a few minutes)
+	$(BIN)/python -m pytest -m slow
 
 test-all: setup ## every test, slow ones included
 	$(BIN)/python -m pytest

@@ -23,10 +23,8 @@ def plot_run(run_dir: Path) -> list[Path]:
     frame = pd.read_csv(run_dir / "metrics.csv")
     written = []
     for metric, label in METRICS.items():
+        # batch_loss ends in _loss too: it comes first, drawn faint behind the evaluations
         columns = [c for c in frame.columns if c.endswith(f"_{metric}") and frame[c].notna().any()]
-        if metric == "loss":
-            columns = ["batch_loss", *columns]
-        columns = [c for c in columns if c in frame and frame[c].notna().any()]
         if not columns:
             continue
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)

@@ -185,3 +185,12 @@ def test_help_lists_groups_and_options(runner):
 def test_cfg_job_prints_the_composed_config(runner):
     out = runner.subprocess("train", "model=logreg", "--cfg", "job").stdout
     assert "hidden: []" in out and "_target_: gradbench.estimators.Forward" in out
+
+
+def test_plots_are_redrawn_from_the_csv_alone(runner):
+    from gradbench.plots import plot_run
+
+    (run,) = runner("train", "max_steps=10", "eval_every=5", "plot=false")
+    assert not (run / "loss.png").exists()
+    written = plot_run(run)
+    assert sorted(p.name for p in written) == ["accuracy.png", "errors.png", "loss.png"]
