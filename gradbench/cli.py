@@ -83,11 +83,13 @@ COMMANDS = {
     "check": "compare every gradient estimator with autograd at one point (float64)",
     "report": "aggregate a sweep directory into tables and plots",
     "data": "load (download once, cache) the configured dataset and print its splits",
+    "bench": "time estimate + update of several estimators side by side (ratios, CUDA memory)",
 }
 HYDRA_COMMANDS = {
     "train": _hydra_command("gradbench.job:train_job", "train"),
     "check": _hydra_command("gradbench.check:check_job", "check"),
     "data": _hydra_command("gradbench.job:data_job", "data"),
+    "bench": _hydra_command("gradbench.bench:bench_job", "bench"),
 }
 PLAIN_COMMANDS = {"report": "gradbench.report:main"}  # argparse commands: function(argv)
 
