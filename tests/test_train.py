@@ -194,3 +194,11 @@ def test_plots_are_redrawn_from_the_csv_alone(runner):
     assert not (run / "loss.png").exists()
     written = plot_run(run)
     assert sorted(p.name for p in written) == ["accuracy.png", "errors.png", "loss.png"]
+
+
+def test_shell_completion_as_hydra_provides_it(runner):
+    script = runner.subprocess("train", "--shell-completion", "install=bash").stdout
+    assert "complete -o nospace -o default -F hydra_bash_completion gradbench" in script
+    # what the installed script asks: the whole line, command word included
+    options = runner.subprocess("-sc", "query=bash", env={"COMP_LINE": "gradbench train model="}).stdout.split()
+    assert {"model=logreg", "model=mlp", "model=cnn"} <= set(options)
