@@ -107,12 +107,16 @@ class Manual(Estimator):
     `bind` refuses any other model before training starts.
     """
 
+    _bound: tuple[Model, object] | None = None
+
     def bind(self, model: Model) -> None:
-        backprop_for(model)
+        self._bound = (model, backprop_for(model))  # looked up once, not on every step
 
     def __call__(self, objective: Objective, params: Params) -> tuple[Tensor, Params]:
         model = objective.model
-        return backprop_for(model)(model, params, objective.x, objective.y)
+        if self._bound is None or self._bound[0] is not model:
+            self.bind(model)
+        return self._bound[1](model, params, objective.x, objective.y)
 
 
 class FiniteDifference(Estimator):
