@@ -15,21 +15,28 @@ CUDA, the peak memory one step allocates beyond the resident data and parameters
 from __future__ import annotations
 
 import csv
+import math
+import os
 import statistics
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 from omegaconf import DictConfig
+from torch.profiler import ProfilerActivity, profile
 
 from gradbench.check import catalogue
 from gradbench.data import batches
 from gradbench.errors import require
 from gradbench.job import build, setup, stream
-from gradbench.models import Objective
-from gradbench.train import synchroniser
+from gradbench.models import Objective, count_parameters
+from gradbench.train import Step, synchroniser
 
-COLUMNS = ["estimator", "batch_size", "median_step_s", "iqr_step_s", "ratio", "peak_memory_mb"]
+COLUMNS = ["estimator", "batch_size", "device", "threads", "num_params", "layers", "loss_eval_s", "median_step_s",
+           "iqr_step_s", "R", "paper_R", "ratio", "peak_memory_mb"]
 
 
 def bench_job(cfg: DictConfig, run_dir: Path) -> None:
@@ -37,71 +44,105 @@ def bench_job(cfg: DictConfig, run_dir: Path) -> None:
     b = cfg.bench
     require(len(b.estimators) >= 1, "bench.estimators", "must name at least one estimator", list(b.estimators))
     require(b.rounds >= 1 and b.steps >= 1, "bench.rounds/steps", "must be >= 1", (b.rounds, b.steps))
-    options = catalogue(cfg)  # every estimator option, the selected one with the run's overrides
+    options = catalogue(cfg, b.extra)  # every estimator option (the selected one with the run's overrides)
     unknown = [name for name in b.estimators if name not in options]
-    require(not unknown, "bench.estimators", f"must be options of conf/estimator ({' | '.join(options)})", unknown)
+    require(not unknown, "bench.estimators", f"must be options of conf/estimator or bench.extra ({' | '.join(options)})", unknown)
     nodes = {name: options[name] for name in b.estimators}
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     s = setup(cfg)
+    n = len(s.data.train)
+    for size in b.batch_sizes or [cfg.batch_size]:
+        require(size is None or 1 <= size <= n, "bench.batch_sizes", f"must be in 1..{n} or null", size)
     start = {k: p.clone() for k, p in s.params.items()}
     sync = synchroniser(s.device)
+    layers = sum(p.dim() >= 2 for p in s.params.values())  # weight matrices and kernels
+    fixed = {"device": str(s.device), "threads": torch.get_num_threads(), "num_params": count_parameters(s.params), "layers": layers}
     rows = []
     for size in b.batch_sizes or [cfg.batch_size]:
-        n = len(s.data.train)
-        require(size is None or 1 <= size <= n, "bench.batch_sizes", f"must be in 1..{n} or null", size)
         batch = s.data.train.take(next(batches(n, size or n, stream(cfg.seed, "batches"), s.device)))
         objective = Objective(s.model, batch.x, batch.y)
-        runners = {}
+        steps, memory = {}, {}
         for name, node in nodes.items():
+            _reset(s.params, start)
             estimator = build(node, "estimator", generator=stream(cfg.seed, "tangents", s.device))
             estimator.bind(s.model)
             optimizer = build(cfg.optimizer, "optimizer", params=list(s.params.values()))
-            runners[name] = (estimator, optimizer)
-        times: dict[str, list[float]] = {name: [] for name in runners}
-        memory: dict[str, float | None] = {}
+            steps[name] = Step(estimator, optimizer, build(cfg.schedule, "schedule", optimizer=optimizer))
+            memory[name] = peak_memory_mb(lambda: steps[name](objective, s.params), s.device)  # the warm-up
+        times: dict[str, list[float]] = {name: [] for name in ["loss", *steps]}
         for _ in range(b.rounds):
-            for name, (estimator, optimizer) in runners.items():
+            for name, step in [("loss", None), *steps.items()]:
                 _reset(s.params, start)
-                memory[name] = _step_memory(estimator, optimizer, objective, s.params, s.device)
                 for _ in range(b.steps):
                     sync()
                     t0 = time.perf_counter()
-                    _step(estimator, optimizer, objective, s.params)
+                    if step is None:  # T_f: the plain loss evaluation, no derivative
+                        with torch.no_grad():
+                            objective.loss(s.params)
+                    else:
+                        step(objective, s.params)
                     sync()
                     times[name].append(time.perf_counter() - t0)
+        loss_eval = statistics.median(times.pop("loss"))
         base = statistics.median(times[next(iter(times))])
         for name, values in times.items():
             q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
             median = statistics.median(values)
-            rows.append({"estimator": name, "batch_size": size or n, "median_step_s": median,
-                         "iqr_step_s": q3 - q1, "ratio": median / base, "peak_memory_mb": memory[name]})
+            rows.append({"estimator": name, "batch_size": size or n, **fixed, "loss_eval_s": loss_eval,
+                         "median_step_s": median, "iqr_step_s": q3 - q1, "R": median / loss_eval,
+                         "paper_R": b.paper_R.get(name), "ratio": median / base,
+                         "peak_memory_mb": memory[name]})
     _reset(s.params, start)
     with open(run_dir / "bench.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    print(f"{s.device}, {b.rounds} rounds × {b.steps} steps each, ratio = median / {b.estimators[0]}'s median")
+    print(f"{s.device}, {fixed['threads']} threads, {b.rounds} rounds × {b.steps} steps each; "
+          f"R = step / loss evaluation (the paper's R_f, R_b); ratio = median / {b.estimators[0]}'s median; "
+          f"peak memory = {MEMORY_METHOD[s.device.type == 'cuda']}")
     print(format_table(rows))
+    print(f"→ {run_dir / 'bench.csv'}")
 
 
-def _step(estimator, optimizer, objective: Objective, params) -> None:
-    """The timed unit, as in training: one estimate, then one update."""
-    _, grads = estimator(objective, params)
-    for name, p in params.items():
-        p.grad = grads[name]
-    optimizer.step()
+MEMORY_METHOD = {True: "CUDA max_memory_allocated over the first step, above what was resident",
+                 False: "the CPU profiler's allocation events over the first step (peak of their running sum)"}
 
 
-def _step_memory(estimator, optimizer, objective, params, device: torch.device) -> float | None:
-    """One untimed warm-up step; on CUDA, the peak memory it allocates above what was resident."""
-    if device.type != "cuda":
-        _step(estimator, optimizer, objective, params)
-        return None
-    torch.cuda.synchronize(device)
-    resident = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    _step(estimator, optimizer, objective, params)
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - resident) / 2**20
+@contextmanager
+def _quiet_stderr():
+    """The profiler's C++ side (kineto) prints start/stop lines straight to file descriptor 2,
+    whatever its log level: silence that descriptor for the one profiled step."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_memory_mb(step: Callable[[], object], device: torch.device) -> float:
+    """Peak memory one call of `step` allocates above what was resident before it, in MiB
+    (its own persistent buffers, allocated on this first call, included)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        resident = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - resident) / 2**20
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    running = peak = 0
+    for e in events:
+        running += e.nbytes()
+        peak = max(peak, running)
+    return peak / 2**20
 
 
 @torch.no_grad()
@@ -113,7 +154,9 @@ def _reset(params, start) -> None:
 
 def format_table(rows: list[dict]) -> str:
     def cell(value) -> str:
-        return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
 
     widths = {c: max(len(c), *(len(cell(r[c])) for r in rows)) for c in COLUMNS}
     lines = ["  ".join(c.ljust(widths[c]) for c in COLUMNS)]

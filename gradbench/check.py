@@ -33,12 +33,12 @@ from gradbench.job import build, setup, stream
 from gradbench.metrics import write_json
 from gradbench.models import Objective, Params, count_parameters
 from gradbench.probes import compare
+from gradbench.tangents import densify, second_moment
 
 log = logging.getLogger(__name__)
 COLUMNS = ["estimator", "kind", "N", "max_abs_diff", "rel_error", "expected_rel_error",
            "cosine", "expected_cosine", "tolerance", "verdict", "note"]
 ORDER = {"exact": 0, "crashed": 0, "skipped": 1, "mean of N": 2, "each": 2}
-FOURTH_MOMENT = {"normal": 3.0, "rademacher": 1.0}  # E[v⁴] of the tangent law
 
 
 def reference(objective: Objective, params: Params) -> tuple[torch.Tensor, Params]:
@@ -49,26 +49,26 @@ def reference(objective: Objective, params: Params) -> tuple[torch.Tensor, Param
     return loss.detach(), dict(zip(params, grads))
 
 
-def expected_spread(estimator: Estimator, n: int) -> tuple[float | None, float | None]:
-    """(c, E cos) for a forward-gradient estimator over n parameters, else (None, None):
+def expected_spread(estimator: Estimator, truth: Params) -> tuple[float | None, float | None]:
+    """(c, E cos) for a forward-gradient estimator at the gradient `truth`, else (None, None):
     the mean of N estimates has relative error ≈ sqrt(c/N), one estimate cosine E cos.
 
-    One tangent v, i.i.d. entries with E v = 0, E v² = 1, E v⁴ = m₄; g = (v·∇L) v. Then
-    E g = E[v vᵀ] ∇L = ∇L, and E‖g‖² = Σ_ij ∇L_i ∇L_j E[v_i v_j ‖v‖²] = (m₄ + n − 1)‖∇L‖²,
-    since E[v_i v_j ‖v‖²] = δ_ij (m₄ + n − 1). So E‖g − ∇L‖² = (m₄ + n − 2)‖∇L‖²:
-    (n + 1)‖∇L‖² for normal tangents (m₄ = 3), (n − 1)‖∇L‖² for Rademacher (m₄ = 1).
-    An estimate averaging K tangents divides this by K, a mean of N estimates by N more:
-    relative error ≈ sqrt((m₄ + n − 2)/(K N)) (the root mean square over draws).
-    Cosine of one normal-tangent estimate (K = 1): g·∇L / (‖g‖‖∇L‖) = |v·∇L|/(‖v‖‖∇L‖),
-    the |first coordinate| of a uniform point on the sphere S^{n−1}, whose mean is
-    Γ(n/2) / (√π Γ((n+1)/2)) ≈ sqrt(2/(π n)).
+    c = E‖g − ∇L‖² / ‖∇L‖² for one estimate g (gradbench.tangents.second_moment derives
+    E‖g‖²): (m₄ + n − 2) for dense tangents over n parameters (n + 1 normal, n − 1
+    Rademacher); rank1 adds a little per weight matrix. An estimate averaging K tangents
+    divides c by K, a mean of N estimates by N more: relative error ≈ sqrt(c/(K N)) (the
+    root mean square over draws). Cosine of one dense normal-tangent estimate (K = 1):
+    g·∇L / (‖g‖‖∇L‖) = |v·∇L|/(‖v‖‖∇L‖), the |first coordinate| of a uniform point on the
+    sphere S^{n−1}, whose mean is Γ(n/2) / (√π Γ((n+1)/2)) ≈ sqrt(2/(π n)).
     """
-    # exact type: a subclass (structured tangents, say) has another variance
-    if type(estimator) is not Forward or estimator.tangent not in FOURTH_MOMENT:
+    # exact type: a subclass may estimate something else, with another variance
+    if type(estimator) is not Forward:
         return None, None
-    c = (FOURTH_MOMENT[estimator.tangent] + n - 2) / estimator.num_tangents
+    norm2 = sum(g.double().square().sum().item() for g in truth.values())
+    c = (second_moment(estimator.structure, estimator.tangent, truth) / norm2 - 1) / estimator.num_tangents
     cosine = None
-    if estimator.tangent == "normal" and estimator.num_tangents == 1:
+    if (estimator.structure, estimator.tangent, estimator.num_tangents) == ("dense", "normal", 1):
+        n = count_parameters(truth)
         cosine = math.exp(math.lgamma(n / 2) - math.lgamma((n + 1) / 2)) / math.sqrt(math.pi)
     return c, cosine
 
@@ -88,12 +88,11 @@ def stochastic_rows(name: str, estimator: Estimator, objective: Objective, param
                     truth: Params, samples: list[int]) -> list[dict]:
     """Means of N estimates for each N in `samples` (one stream of max(samples) draws, running
     sum, nothing stored), then the per-estimate RMS relative error and mean cosine."""
-    n = count_parameters(params)
-    c, cosine = expected_spread(estimator, n)
+    c, cosine = expected_spread(estimator, truth)
     t = torch.cat([v.reshape(-1) for v in truth.values()])
     total, sq_rel, cos_sum, rows = torch.zeros_like(t), 0.0, 0.0, []
     for i in range(1, max(samples) + 1):
-        _, grads = estimator(objective, params)
+        grads = densify(estimator(objective, params)[1])
         g = torch.cat([grads[k].reshape(-1) for k in truth])
         total += g
         sq_rel += ((g - t).norm() / t.norm()).item() ** 2
@@ -113,8 +112,9 @@ def stochastic_rows(name: str, estimator: Estimator, objective: Objective, param
     return rows
 
 
-def catalogue(cfg: DictConfig) -> dict[str, DictConfig]:
-    """Every option of the estimator group (the selected one as configured) plus check.extra."""
+def catalogue(cfg: DictConfig, extra: DictConfig) -> dict[str, DictConfig]:
+    """Every option of the estimator group (the selected one as configured) plus `extra`
+    (name → estimator config: check.extra, bench.extra)."""
     from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -123,7 +123,7 @@ def catalogue(cfg: DictConfig) -> dict[str, DictConfig]:
     nodes = {}
     for name in GlobalHydra.instance().config_loader().get_group_options("estimator"):
         nodes[name] = cfg.estimator if name == selected else compose("config", [f"estimator={name}"]).estimator
-    nodes.update(cfg.check.extra)
+    nodes.update(extra)
     return nodes
 
 
@@ -152,7 +152,7 @@ def check_job(cfg: DictConfig, run_dir: Path) -> float:
              count_parameters(s.params), len(idx), loss.item())
 
     rows = []
-    for name, node in catalogue(cfg).items():
+    for name, node in catalogue(cfg, cfg.check.extra).items():
         try:
             estimator = build(node, "estimator", generator=stream(cfg.seed, "tangents", s.device))
             estimator.bind(s.model)

@@ -83,7 +83,8 @@ COMMANDS = {
     "check": "compare every gradient estimator with autograd at one point (float64)",
     "report": "aggregate a sweep directory into tables and plots",
     "data": "load (download once, cache) the configured dataset and print its splits",
-    "bench": "time estimate + update of several estimators side by side (ratios, CUDA memory)",
+    "bench": "time estimate + update of several estimators side by side (ratios, R, peak memory)",
+    "bench-report": "gather bench runs into one table and draw scaling curves",
 }
 HYDRA_COMMANDS = {
     "train": _hydra_command("gradbench.job:train_job", "train"),
@@ -91,12 +92,12 @@ HYDRA_COMMANDS = {
     "data": _hydra_command("gradbench.job:data_job", "data"),
     "bench": _hydra_command("gradbench.bench:bench_job", "bench"),
 }
-PLAIN_COMMANDS = {"report": "gradbench.report:main"}  # argparse commands: function(argv)
+PLAIN_COMMANDS = {"report": "gradbench.report:main", "bench-report": "gradbench.bench_report:main"}  # argparse commands: function(argv)
 
 
 def usage() -> str:
     lines = ["usage: gradbench <command> [args]", "", "commands:"]
-    lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:<12} {text}" for name, text in COMMANDS.items()]
     lines += ["", "`gradbench <command> --help` shows a command's options and config groups."]
     return "\n".join(lines)
 

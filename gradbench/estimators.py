@@ -1,6 +1,7 @@
 """Gradient estimators: at parameters θ, on one batch, the loss and a gradient estimate.
 
-    estimate(objective, params) -> (loss, grads)   # grads: same keys and shapes as params
+    estimate(objective, params) -> (loss, grads)   # grads: same keys as params, each a tensor
+                                                   # of its shape or a factored LowRank of it
 
 The training loop calls every estimator the same way and hands the grads to the optimizer.
 """
@@ -11,9 +12,11 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, jvp, vmap
 
-from gradbench.errors import choose, require
+from gradbench import forward_mode
+from gradbench.errors import ConfigError, choose, require
 from gradbench.manual import backprop_for
 from gradbench.models import Model, Objective, Params
+from gradbench.tangents import FOURTH_MOMENT, STRUCTURES, Estimate, Rank1, TangentSampler, estimate
 
 
 class Estimator:
@@ -48,57 +51,64 @@ class Backward(Estimator):
         return loss, grads
 
 
-def _normal(n: int, generator: torch.Generator, like: Tensor) -> Tensor:
-    return torch.randn(n, generator=generator, device=like.device, dtype=like.dtype)
-
-
-def _rademacher(n: int, generator: torch.Generator, like: Tensor) -> Tensor:
-    signs = torch.randint(0, 2, (n,), generator=generator, device=like.device)
-    return signs.to(like.dtype) * 2 - 1
-
-
-TANGENT_LAWS = {"normal": _normal, "rademacher": _rademacher}
-
-
-def sample_tangents(params: Params, count: int, law: str, generator: torch.Generator) -> Params:
-    """`count` tangents over ALL parameters jointly: one flat draw of i.i.d. zero-mean,
-    unit-variance entries, cut into the parameters' shapes (leading dim = count)."""
-    draw = TANGENT_LAWS[law]
-    first = next(iter(params.values()))
-    flat = draw(count * sum(p.numel() for p in params.values()), generator, first).view(count, -1)
-    pieces = flat.split([p.numel() for p in params.values()], dim=1)
-    return {k: piece.view(count, *p.shape) for (k, p), piece in zip(params.items(), pieces)}
+ENGINES = ("auto", "fused", "jvp")
 
 
 class Forward(Estimator):
     """Forward gradient (Baydin et al. 2022, "Gradients without Backpropagation", eq. 2–3).
 
-    For a tangent v with i.i.d. zero-mean unit-variance entries over all parameters,
-    one forward-mode pass gives the loss and d = ∇L·v (a Jacobian-vector product);
-    g = d·v is an unbiased estimate of ∇L, since E[v vᵀ] = I. With K tangents the K
-    estimates are averaged (one vmapped pass), dividing the variance by K.
+    For a tangent v with zero mean and E[v vᵀ] = I over all parameters (`structure` dense or
+    rank1, `tangent` law normal or rademacher: gradbench.tangents), one forward-mode pass
+    gives the loss and d = ∇L·v (a Jacobian-vector product); g = d·v is an unbiased estimate
+    of ∇L. With K = `num_tangents` tangents the K estimates are averaged, dividing the
+    variance by K, in one pass that computes the primal once.
+
+    `engine`: `fused` is gradbench.forward_mode (primal and tangents layer by layer, rank-1
+    weights in factored form); `jvp` is torch.func.jvp over the whole parameter dict (any
+    model; rank-1 tangents are formed densely first: same estimate, none of the saving);
+    `auto` takes fused wherever the model supports it.
     """
 
     stochastic = True
 
-    def __init__(self, num_tangents: int = 1, tangent: str = "normal",
-                 generator: torch.Generator | None = None) -> None:
+    def __init__(self, num_tangents: int = 1, tangent: str = "normal", structure: str = "dense",
+                 engine: str = "auto", generator: torch.Generator | None = None) -> None:
         super().__init__(generator)
-        require(num_tangents >= 1, "estimator.num_tangents", "must be >= 1", num_tangents)
-        choose("estimator.tangent", tangent, TANGENT_LAWS)
-        self.num_tangents, self.tangent = num_tangents, tangent
+        require(isinstance(num_tangents, int) and num_tangents >= 1, "estimator.num_tangents",
+                "must be an integer >= 1", num_tangents)
+        choose("estimator.tangent", tangent, FOURTH_MOMENT)
+        choose("estimator.structure", structure, dict.fromkeys(STRUCTURES))
+        choose("estimator.engine", engine, dict.fromkeys(ENGINES))
+        self.num_tangents, self.tangent, self.structure, self.engine = num_tangents, tangent, structure, engine
+        self._sampler: TangentSampler | None = None
 
-    def __call__(self, objective: Objective, params: Params) -> tuple[Tensor, Params]:
-        tangents = sample_tangents(params, self.num_tangents, self.tangent, self.generator)
-        if self.num_tangents == 1:
-            loss, d = jvp(objective.loss, (params,), ({k: v[0] for k, v in tangents.items()},))
-            return loss, {k: d * v[0] for k, v in tangents.items()}
-        losses, d = vmap(lambda v: jvp(objective.loss, (params,), (v,)))(tangents)
-        # vmap∘jvp promotes d to float64 when the loss has a Python-float term (torch 2.15):
-        # back to the parameters' dtype, or tensordot refuses the mix
-        scale = d.to(losses.dtype) / self.num_tangents  # mean over tangents of d_k · v_k
-        grads = {k: torch.tensordot(scale, v, dims=1) for k, v in tangents.items()}
-        return losses[0], grads
+    def bind(self, model: Model) -> None:
+        if self.engine == "fused" and not forward_mode.supports(model):
+            raise ConfigError(f"estimator.engine=fused has no forward-mode rules for model "
+                              f"{type(model).__name__}; use estimator.engine=auto or jvp")
+
+    def __call__(self, objective: Objective, params: Params) -> tuple[Tensor, dict[str, Estimate]]:
+        if self._sampler is None or not self._sampler.matches(params):
+            self._sampler = TangentSampler(params, self.structure, self.tangent, self.num_tangents,
+                                           self.generator)
+        tangents = self._sampler()
+        if self.engine != "jvp" and forward_mode.supports(objective.model):
+            loss, d = forward_mode.directional(objective.model, params, tangents, objective.x, objective.y)
+        else:
+            loss, d = _jvp(objective, params, tangents)
+        return loss, estimate(d.to(loss.dtype), tangents)
+
+
+def _jvp(objective: Objective, params: Params, tangents: dict) -> tuple[Tensor, Tensor]:
+    """The reference route: torch.func.jvp over the whole parameter dict, dense tangents."""
+    dense = {k: v.dense() if isinstance(v, Rank1) else v for k, v in tangents.items()}
+    if len(next(iter(dense.values()))) == 1:
+        loss, d = jvp(objective.loss, (params,), ({k: v[0] for k, v in dense.items()},))
+        return loss, d.reshape(1)
+    # vmap∘jvp promotes d to float64 when the loss has a Python-float term (torch 2.15);
+    # the caller casts it back to the loss's dtype
+    losses, d = vmap(lambda v: jvp(objective.loss, (params,), (v,)))(dense)
+    return losses[0], d
 
 
 class Manual(Estimator):

@@ -26,7 +26,7 @@ from gradbench.metrics import STEP_COLUMNS, MetricsWriter, eval_columns, write_j
 from gradbench.models import Model, Params, count_parameters
 from gradbench.plots import plot_run
 from gradbench.probes import GradientProbe
-from gradbench.train import Result, StopRule, predict, train
+from gradbench.train import Result, Step, StopRule, predict, train
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -149,7 +149,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> float:
     try:
         with MetricsWriter(run_dir / "metrics.csv", columns) as writer:
             result = train(
-                s.model, s.params, s.data, estimator, optimizer, scheduler, writer,
+                s.model, s.params, s.data, Step(estimator, optimizer, scheduler), writer,
                 batch_size=cfg.batch_size, eval_every=cfg.eval_every, eval_splits=splits,
                 eval_chunk=cfg.eval_chunk, generator=stream(cfg.seed, "batches"),
                 log_every_s=cfg.log_every_s, probes=probes,

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from gradbench.errors import require
+from gradbench.tangents import Estimate, LowRank, dense
 
 
 class ManualSGD(torch.optim.Optimizer):
@@ -107,6 +108,39 @@ class NAG(torch.optim.Optimizer):
                 y.copy_(x_next).add_(x_next - state["x"], alpha=(t - 1) / t_next)
                 state["x"], state["t"] = x_next, t_next
         return loss
+
+
+def apply(optimizer: torch.optim.Optimizer, params: dict[str, Tensor], grads: dict[str, Estimate]) -> None:
+    """One update from an estimate, dense or factored (gradbench.tangents.LowRank).
+
+    A plain SGD step (torch's SGD or ManualSGD without momentum, weight decay or Nesterov)
+    applies a factored estimate as θ ← θ − lr·Σ_k u_k w_kᵀ in one addmm_, never forming the
+    dense matrix; every other optimizer gets dense `.grad`s and steps as usual. `.grad` is
+    cleared afterwards, so no estimate is held between steps.
+    """
+    if any(isinstance(g, LowRank) for g in grads.values()) and _plain_sgd(optimizer):
+        lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+        with torch.no_grad():
+            for name, p in params.items():
+                g = grads[name]
+                if isinstance(g, LowRank):
+                    g.add_to(p, -lr_of[id(p)])
+                else:
+                    p.add_(g, alpha=-lr_of[id(p)])
+        optimizer._opt_called = True  # what torch's own step marks, so its scheduler sees a step
+        return
+    for name, p in params.items():
+        p.grad = dense(grads[name])
+    optimizer.step()
+    for p in params.values():
+        p.grad = None
+
+
+def _plain_sgd(optimizer: torch.optim.Optimizer) -> bool:
+    """θ ← θ − lr·g and nothing else: no state, so an update may take g in any form."""
+    return type(optimizer) in (torch.optim.SGD, ManualSGD) and all(
+        g["momentum"] == 0 and g["weight_decay"] == 0 and not g["nesterov"] and not g.get("maximize", False)
+        for g in optimizer.param_groups)
 
 
 def _closure_loss(closure: Callable[[], float] | None) -> float | None:

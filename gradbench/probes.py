@@ -11,11 +11,13 @@ from torch import Tensor
 from torch.func import grad
 
 from gradbench.models import Objective, Params
+from gradbench.tangents import Estimate, densify
 
 
-def compare(estimate: Params, truth: Params) -> dict[str, Tensor]:
-    """How close `estimate` is to `truth`, over all parameters jointly (as 0-dim tensors):
-    max_abs_diff, rel_error = ‖g − ∇L‖ / ‖∇L‖ and cosine = g·∇L / (‖g‖ ‖∇L‖)."""
+def compare(estimate: dict[str, Estimate], truth: Params) -> dict[str, Tensor]:
+    """How close `estimate` (dense or factored) is to `truth`, over all parameters jointly
+    (as 0-dim tensors): max_abs_diff, rel_error = ‖g − ∇L‖ / ‖∇L‖ and cosine = g·∇L / (‖g‖ ‖∇L‖)."""
+    estimate = densify(estimate)
     g = torch.cat([estimate[k].reshape(-1) for k in truth])
     t = torch.cat([v.reshape(-1) for v in truth.values()])
     diff = g - t

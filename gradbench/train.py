@@ -20,6 +20,7 @@ from gradbench.data import Data, Split, batches
 from gradbench.estimators import Estimator
 from gradbench.metrics import MetricsWriter
 from gradbench.models import Model, Objective, Params
+from gradbench.optim import apply
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,27 @@ class Probe(Protocol):
     columns: list[str]
 
     def __call__(self, objective: Objective, params: Params, grads: Params) -> dict[str, float]: ...
+
+
+class Step:
+    """The timed unit, of training and of `gradbench bench` alike: one estimate, one update
+    (dense or factored: optim.apply), one scheduler step. Diagnostics that must see the
+    estimate call `estimate` and `update` apart and keep their own time out."""
+
+    def __init__(self, estimator: Estimator, optimizer: torch.optim.Optimizer, scheduler) -> None:
+        self.estimator, self.optimizer, self.scheduler = estimator, optimizer, scheduler
+
+    def __call__(self, objective: Objective, params: Params) -> torch.Tensor:
+        loss, grads = self.estimate(objective, params)
+        self.update(params, grads)
+        return loss
+
+    def estimate(self, objective: Objective, params: Params) -> tuple[torch.Tensor, dict]:
+        return self.estimator(objective, params)
+
+    def update(self, params: Params, grads: dict) -> None:
+        apply(self.optimizer, params, grads)
+        self.scheduler.step()
 
 
 @dataclass
@@ -80,8 +102,7 @@ def synchroniser(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
-def train(model: Model, params: Params, data: Data, estimator: Estimator,
-          optimizer: torch.optim.Optimizer, scheduler, writer: MetricsWriter, *,
+def train(model: Model, params: Params, data: Data, timed_step: Step, writer: MetricsWriter, *,
           batch_size: int | None, stop: StopRule, eval_every: int, eval_splits: list[str],
           eval_chunk: int, generator: torch.Generator, log_every_s: float = 5.0,
           probes: tuple[Probe, ...] = ()) -> Result:
@@ -99,28 +120,27 @@ def train(model: Model, params: Params, data: Data, estimator: Estimator,
     order = batches(n, batch_size, generator, device)
     sync = synchroniser(device)
     first = data.train.take(torch.arange(min(batch_size, n), device=device))
-    estimator.warm_up(Objective(model, first.x, first.y), params)
+    timed_step.estimator.warm_up(Objective(model, first.x, first.y), params)
     start = last_log = time.perf_counter()
     try:
         while not result.stop_reason:
             batch = data.train.take(next(order))
             objective = Objective(model, batch.x, batch.y)
-            lr = optimizer.param_groups[0]["lr"]
+            lr = timed_step.optimizer.param_groups[0]["lr"]
+            probed, probe_time = {}, 0.0
             sync()
             t0 = time.perf_counter()
-            loss, grads = estimator(objective, params)
-            probed, probe_time = {}, 0.0
             if probes:  # at the estimate's parameters (before the update), off the clock
+                loss, grads = timed_step.estimate(objective, params)
                 sync()
                 p0 = time.perf_counter()
                 for probe in probes:
                     probed.update(probe(objective, params, grads))
                 sync()
                 probe_time = time.perf_counter() - p0
-            for name, p in params.items():
-                p.grad = grads[name]
-            optimizer.step()
-            scheduler.step()
+                timed_step.update(params, grads)
+            else:
+                loss = timed_step(objective, params)
             sync()
             step_time = time.perf_counter() - t0 - probe_time
 

@@ -1,9 +1,22 @@
-"""`gradbench bench`: estimators timed side by side, as a table of ratios (no speed asserted)."""
+"""`gradbench bench` and `bench-report`: estimators timed side by side, R = step / loss
+evaluation, peak memory per step; no speed is asserted, memory (deterministic) is."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from omegaconf import OmegaConf
 
 from conftest import run_dirs
+from gradbench.bench import peak_memory_mb
+from gradbench.cli import main
+from image_fixtures import write_mnist
+
+BENCHMARKS = sorted((Path(__file__).resolve().parent.parent / "conf" / "benchmark").glob("*.yaml"))
+TINY = ["bench.rounds=1", "bench.steps=2", "log_every_s=1000"]
 
 
 def test_bench_times_every_estimator_at_every_batch_size(runner, capsys):
@@ -15,8 +28,11 @@ def test_bench_times_every_estimator_at_every_batch_size(runner, capsys):
     assert list(table["batch_size"]) == [8] * 3 + [204] * 3  # null = the whole training split
     assert (table["median_step_s"] > 0).all() and (table["iqr_step_s"] >= 0).all()
     assert list(table.loc[table["estimator"] == "backward", "ratio"]) == [1.0, 1.0]
-    assert table["peak_memory_mb"].isna().all()  # measured on CUDA only
-    assert "ratio = median / backward's median" in capsys.readouterr().out
+    assert (table["R"] - table["median_step_s"] / table["loss_eval_s"]).abs().max() < 1e-12
+    assert (table["peak_memory_mb"] > 0).all()  # on the CPU too, from the profiler
+    assert (table["threads"] == torch.get_num_threads()).all() and (table["device"] == "cpu").all()
+    out = capsys.readouterr().out
+    assert "ratio = median / backward's median" in out and f"→ {run / 'bench.csv'}" in out
 
 
 def test_bench_names_the_estimators_it_knows(runner, capsys):
@@ -24,4 +40,74 @@ def test_bench_names_the_estimators_it_knows(runner, capsys):
         runner("bench", "bench.estimators=[backward,nonexistent]")
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "bench.estimators must be options of conf/estimator" in err and "['nonexistent']" in err
+    assert "bench.estimators must be options of conf/estimator or bench.extra" in err and "['nonexistent']" in err
+
+
+def test_peak_memory_counts_what_one_step_holds_at_once():
+    """Two float32 buffers of 4 MiB and 2 MiB alive together, then freed: a 6 MiB peak (plus
+    the two scalar sums: a few bytes)."""
+    def step():
+        a, b = torch.ones(2**20), torch.ones(2**19)
+        return a.sum() + b.sum()
+
+    assert peak_memory_mb(step, torch.device("cpu")) == pytest.approx(6.0, abs=1e-3)
+
+
+def test_rank1_forward_memory_stays_flat_with_depth_while_backprop_grows(runner):
+    """MLP of width 256, 2 then 8 hidden layers, batch 64: backprop keeps every activation and
+    a full gradient (4 × more weights, > 2.5 × the memory); the fused rank-1 forward gradient
+    keeps one layer's activations and the factored estimate (< 1.5 ×)."""
+    peaks = {}
+    for depth in (2, 8):
+        runner("bench", f"model.hidden=[{','.join(['256'] * depth)}]", "bench.batch_sizes=[64]",
+               "bench.estimators=[backward,forward_rank1]", *TINY)
+        table = pd.read_csv(run_dirs(runner.cwd)[-1] / "bench.csv").set_index("estimator")
+        peaks[depth] = table["peak_memory_mb"]
+    growth = peaks[8] / peaks[2]
+    assert growth["backward"] > 2.5 and growth["forward_rank1"] < 1.5, growth.to_dict()
+
+
+@pytest.fixture(scope="module")
+def mnist_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_mnist(root, n_train=600, n_test=120, seed=0)  # enough for report 000's 500 / 100
+    return root
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=[p.stem for p in BENCHMARKS])
+def test_every_benchmark_preset_runs_and_reports(runner, monkeypatch, mnist_root, path, capsys):
+    """Each conf/benchmark option on small files in MNIST's format, batch 8; a preset that is a
+    sweep (hydra.sweeper.params) runs as one with two small widths, then `bench-report` draws
+    its scaling curve."""
+    monkeypatch.setenv("GRADBENCH_DATA", str(mnist_root))
+    preset = OmegaConf.load(path)
+    sweep = OmegaConf.select(preset, "hydra.sweeper.params") is not None
+    small = ["bench.batch_sizes=[8]", *TINY]
+    if {"override /dataset": "mnist"} in preset.defaults:
+        small.append("dataset.val_size=10")
+    if {"override /model": "cnn_paper"} in preset.defaults:
+        small.append("model.channels=[4,4,4,4]")  # narrowed to stay quick
+    out = runner.cwd / "bench"
+    if sweep:
+        runner("bench", "-m", f"+benchmark={path.stem}", "model.hidden=[8,8],[16,16]",
+               f"hydra.sweep.dir={out}", *small)
+    else:
+        runner("bench", f"+benchmark={path.stem}", f"hydra.run.dir={out}", *small)
+    table = pd.concat(pd.read_csv(p) for p in out.rglob("bench.csv"))
+    assert set(table["estimator"]) == set(preset.bench.estimators)
+    if sweep:
+        with pytest.raises(SystemExit) as exit_info:
+            main(["bench-report", str(out), "--x", "num_params"])
+        assert exit_info.value.code == 0
+        assert (out / "scaling_num_params.png").stat().st_size > 10_000
+    if "paper_R" in preset.bench:
+        assert table.set_index("estimator").loc["backward", "paper_R"] == preset.bench.paper_R.backward
+
+
+def test_bench_report_refuses_an_axis_the_runs_do_not_vary(runner, capsys):
+    runner("bench", "bench.batch_sizes=[8]", *TINY)
+    (run,) = run_dirs(runner.cwd)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench-report", str(run), "--x", "layers"])
+    assert exit_info.value.code == 2
+    assert "--x layers: the runs under" in capsys.readouterr().err

@@ -20,6 +20,7 @@ from gradbench.errors import choose, require
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softplus": nn.Softplus}
 INIT_LAWS = ("default", "uniform", "normal")
 Params = dict[str, Tensor]
+FLATTEN = nn.Flatten()  # N × ... → N × features: a stage without parameters, shared
 
 
 class Model(nn.Module):
@@ -56,6 +57,17 @@ class Model(nn.Module):
                     p.uniform_(self.init.get("a", -1.0), self.init.get("b", 1.0), generator=generator)
                 else:
                     p.normal_(self.init.get("mean", 0.0), self.init.get("std", 1.0), generator=generator)
+
+    def stages(self) -> list[tuple[str, nn.Module]] | None:
+        """The layers in the order they apply, each with its parameters' name prefix, for
+        models that are one chain of layers (`forward` runs them; gradbench.forward_mode
+        fuses their forward-mode pass); None for any other model."""
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:
+        for _, module in self.stages():
+            x = module(x)
+        return x
 
     def penalty(self, params: Params) -> Tensor | float:
         """λ·Σ‖W‖² over the weight matrices (biases are not penalised)."""
@@ -100,8 +112,8 @@ class MLP(Model):
                 layers.append(act())
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x.flatten(1))
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        return [("flatten", FLATTEN), *((f"layers.{i}", m) for i, m in enumerate(self.layers))]
 
 
 @dataclass

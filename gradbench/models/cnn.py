@@ -9,10 +9,10 @@ on MNIST and CIFAR-10; the first fc layer's width is worked out from them.
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
 
 from gradbench.errors import choose, require
-from gradbench.models import ACTIVATIONS, Model
+from gradbench.models import ACTIVATIONS, FLATTEN, Model
 
 
 class CNN(Model):
@@ -56,6 +56,7 @@ class CNN(Model):
             layers += [nn.Linear(fan_in, fan_out), act()]
         self.classifier = nn.Sequential(*layers[:-1])  # no activation on the logits
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x).flatten(1))
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        return [*((f"features.{i}", m) for i, m in enumerate(self.features)), ("flatten", FLATTEN),
+                *((f"classifier.{i}", m) for i, m in enumerate(self.classifier))]
 

@@ -1,0 +1,103 @@
+"""`gradbench bench-report DIR [--x KEY] [--out OUT]`: every bench.csv under DIR as one table,
+and scaling curves.
+
+    gradbench bench -m +benchmark=scaling_depth hydra.sweep.dir=outputs/bench/depth
+    gradbench bench-report outputs/bench/depth --x layers
+
+Writes OUT/bench.md (all rows, grouped by the run they came from) and, with `--x`, OUT/scaling_<x>.png:
+median step time (bars: interquartile range) and peak memory per step against `x`
+(batch_size, num_params or layers), one line per estimator, log-log. A pure function of the
+bench.csv files, so any set of bench runs can be re-plotted later.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
+
+from gradbench.bench import COLUMNS, format_table  # noqa: E402
+
+AXES = {"batch_size": "batch size", "num_params": "parameters", "layers": "depth (weight layers)"}
+
+
+def _tick(value: float, _=None) -> str:
+    return f"{value:.0f}" if value < 1e4 else f"{value / 1e6:.3g}M"
+
+
+def load(root: Path) -> pd.DataFrame:
+    """Every bench.csv under `root`, with a `run` column (its folder relative to root)."""
+    frames = []
+    for path in sorted(root.rglob("bench.csv")):
+        frame = pd.read_csv(path)
+        frame.insert(0, "run", str(path.parent.relative_to(root)) or ".")
+        frames.append(frame)
+    if not frames:
+        raise SystemExit(f"gradbench bench-report: error: no bench.csv under {root}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    lines = []
+    for run, rows in frame.groupby("run", sort=False):
+        lines += [f"### {run}", "", "```", format_table(rows[COLUMNS].to_dict("records")), "```", ""]
+    return "\n".join(lines)
+
+
+def plot(frame: pd.DataFrame, x: str, path: Path) -> None:
+    """Step time and peak memory against `x`, one line per estimator (the median over rows that
+    share estimator and x, which only happens when runs repeat a setting)."""
+    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for estimator, rows in frame.groupby("estimator", sort=False):
+        rows = rows.groupby(x).median(numeric_only=True).sort_index()
+        line, = time_ax.plot(rows.index, rows["median_step_s"] * 1e3, marker="o", label=estimator)
+        time_ax.fill_between(rows.index, (rows["median_step_s"] - rows["iqr_step_s"] / 2) * 1e3,
+                             (rows["median_step_s"] + rows["iqr_step_s"] / 2) * 1e3,
+                             color=line.get_color(), alpha=0.2)
+        memory_ax.plot(rows.index, rows["peak_memory_mb"], marker="o", label=estimator)
+    threads = ", ".join(str(t) for t in sorted(frame["threads"].unique()))
+    for ax, label in ((time_ax, "median step time (ms)"), (memory_ax, "peak memory per step (MiB)")):
+        ax.set(xscale="log", yscale="log", xlabel=AXES[x], ylabel=label)
+        ax.set_xticks(sorted(frame[x].unique()))
+        ax.xaxis.set_major_formatter(FuncFormatter(_tick))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"estimate + update (one step) against {AXES[x]}; {threads} threads, {frame['device'].iloc[0]}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="gradbench bench-report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", type=Path, help="a bench run dir or a sweep of them")
+    parser.add_argument("--x", choices=list(AXES), help="draw step time and memory against this column")
+    parser.add_argument("--out", type=Path, help="where bench.md and the plot go (default: DIR)")
+    args = parser.parse_args(argv)
+    if not args.dir.is_dir():
+        parser.error(f"DIR must be a directory, got {str(args.dir)!r}")
+    out = args.out or args.dir
+    out.mkdir(parents=True, exist_ok=True)
+    frame = load(args.dir)
+    text = markdown(frame)
+    (out / "bench.md").write_text(text)
+    print(text)
+    if args.x:
+        if frame[args.x].nunique() < 2:
+            parser.error(f"--x {args.x}: the runs under {args.dir} do not vary it (one value: {frame[args.x].iloc[0]})")
+        plot(frame, args.x, out / f"scaling_{args.x}.png")
+        print(f"→ {out / f'scaling_{args.x}.png'}")
+    print(f"→ {out / 'bench.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
