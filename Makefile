@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow test-all clean reports fwd-vs-bwd paper-mnist five-models toy-backprop gd-vs-nag cifar-search depth
+.PHONY: help setup run test test-slow test-all clean reports bench fwd-vs-bwd paper-mnist five-models toy-backprop gd-vs-nag cifar-search depth
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -46,6 +46,29 @@ REPORTS   := outputs/reports
 SWEEP      = $(GRADBENCH) train -m skip_done=true $(ARGS)
 # `gradbench data` fails at once, with the dataset's own message, when files are missing.
 NEED_DATA  = $(GRADBENCH) data hydra.run.dir=$(REPORTS)/$(1)/data $(2)
+# The development machines keep real MNIST in ../shared/data; elsewhere the data root is
+# $$GRADBENCH_DATA or gradbench's default (~/.cache/gradbench), where torchvision downloads it.
+# Only the targets that train or time on real data look there; `make test` never does.
+bench reports fwd-vs-bwd paper-mnist five-models cifar-search depth: \
+  export GRADBENCH_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data))
+
+# The README's images live in outputs/figures/ (kept in git); the targets regenerate them.
+BENCH   := $(REPORTS)/bench
+FIGURES := outputs/figures
+bench: setup ## speed and peak memory per step of every estimator (paper MLP/CNN, report 000, K tangents, scaling) → outputs/reports/bench/
+	$(GRADBENCH) bench +benchmark=penguins_mlp hydra.run.dir=$(BENCH)/penguins_mlp $(ARGS)
+	@if $(call NEED_DATA,bench,dataset=mnist) >/dev/null 2>&1; then \
+	  for b in paper_mlp paper_cnn r000_cnn tangents scaling_batch; do \
+	    $(GRADBENCH) bench +benchmark=$$b hydra.run.dir=$(BENCH)/$$b $(ARGS) || exit 1; done; \
+	  for b in scaling_width scaling_depth; do \
+	    $(GRADBENCH) bench -m +benchmark=$$b hydra.sweep.dir=$(BENCH)/$$b $(ARGS) || exit 1; done; \
+	  $(GRADBENCH) bench-report $(BENCH)/scaling_batch --x batch_size >/dev/null && \
+	  $(GRADBENCH) bench-report $(BENCH)/scaling_width --x num_params >/dev/null && \
+	  $(GRADBENCH) bench-report $(BENCH)/scaling_depth --x layers >/dev/null && \
+	  mkdir -p $(FIGURES) && cp $(BENCH)/scaling_batch/scaling_batch_size.png $(FIGURES)/bench_batch.png && \
+	  cp $(BENCH)/scaling_depth/scaling_layers.png $(FIGURES)/bench_depth.png; \
+	else echo "MNIST not in the data root: only the penguins benchmark ran (\`gradbench data dataset=mnist\` says why)"; fi
+	$(GRADBENCH) bench-report $(BENCH)
 
 reports: fwd-vs-bwd toy-backprop gd-vs-nag five-models paper-mnist depth cifar-search ## every report table
 

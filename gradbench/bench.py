@@ -1,15 +1,24 @@
 """`gradbench bench [overrides]`: time the estimate + update of several estimators side by side.
 
+    gradbench bench +benchmark=paper_mlp          # the paper's MLP on MNIST, batch 64 and 1024
     gradbench bench model=cnn dataset=mnist bench.batch_sizes=[64,500]
-    gradbench bench model=mlp model.hidden=[1024,1024] bench.estimators=[backward,forward] device=cuda
+    gradbench bench -m +benchmark=scaling_depth   # a sweep; then `gradbench bench-report DIR --x layers`
 
 On one batch of the training split, at the seed's initial parameters, each estimator in
-`bench.estimators` runs `bench.steps` timed steps (estimate + optimizer update, device-synchronised,
-after one untimed warm-up) in turn, for `bench.rounds` interleaved rounds, so drift in machine
-load hits every estimator alike. Parameters are reset before each round. Reported per
-estimator and batch size: the median step time, its spread (interquartile range), the ratio to
-the first estimator's median (the figure to quote: measured side by side in one run) and, on
-CUDA, the peak memory one step allocates beyond the resident data and parameters.
+`bench.estimators` (options of conf/estimator/, or `bench.extra`) runs `bench.steps` timed
+steps in turn, for `bench.rounds` interleaved rounds, so drift in machine load hits every
+estimator alike; parameters are reset before each round. A step is `gradbench.train.Step`,
+the very unit training times: estimate, update, scheduler step, device-synchronised, after
+one untimed warm-up. Reported per estimator and batch size:
+- median step time and its interquartile range;
+- T_f, the median time of the plain loss evaluation (no derivative, no update), timed in the
+  same rounds, and R = step / T_f: the paper's R_f (forward) and R_b (backward), shown beside
+  `bench.paper_R` where a preset gives the paper's values;
+- ratio: the median over the first estimator's median (the figure to quote);
+- peak memory of one step above what was resident (data, parameters), the estimator's own
+  buffers included: CUDA max_memory_allocated on a GPU; on the CPU the running sum of the
+  profiler's allocation and free events, whose maximum is the peak.
+The thread count and device are recorded with every row.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from gradbench.errors import ConfigError
 from gradbench.estimators import Forward, _jvp
 from gradbench.manual import DERIVATIVES
 from gradbench.models import ACTIVATIONS, Objective
-from gradbench.tangents import STRUCTURES, TangentSampler
+from gradbench.tangents import STRUCTURES, TangentSampler, densify
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
@@ -100,3 +100,18 @@ def test_fused_and_jvp_engines_give_the_same_estimate(structure):
         estimates.append(torch.cat([g.flatten() for g in forward(objective, params)[1].values()
                                     if isinstance(g, torch.Tensor)]))
     assert torch.allclose(*estimates, rtol=0, atol=1e-12 * estimates[1].abs().max().item())
+
+
+@pytest.mark.slow  # torch.compile takes ~20 s on a 2-core CPU
+def test_the_compiled_fused_pass_gives_the_eager_estimate():
+    model, shape = model_option("mlp")
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    objective = Objective(model, *batch(shape, labelled=True))
+    results = []
+    for compile in (False, True):
+        forward = Forward(structure="rank1", compile=compile, generator=torch.Generator().manual_seed(4))
+        loss, grads = forward(objective, params)
+        results.append((loss, torch.cat([g.flatten() for g in densify(grads).values()])))
+    (loss, eager), (compiled_loss, compiled) = results
+    assert compiled_loss.item() == pytest.approx(loss.item(), rel=1e-12)
+    assert torch.allclose(compiled, eager, rtol=0, atol=1e-12 * eager.abs().max().item())
