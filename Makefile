@@ -84,10 +84,12 @@ fwd-vs-bwd: setup ## report 000: forward vs backward (penguins; MNIST CNN where 
 	  $(GRADBENCH) report $(REPORTS)/fwd_vs_bwd/cnn; \
 	else echo "MNIST not in the data root: the CNN part is skipped (\`gradbench data dataset=mnist\` says why)"; fi
 
-paper-mnist: setup ## the forward-gradient paper's MNIST MLP and CNN, forward vs backward (needs MNIST)
+paper-mnist: setup ## the forward-gradient paper's MNIST MLP and CNN: backward vs forward, dense and rank-1 (needs MNIST)
 	$(call NEED_DATA,paper_mnist,dataset=mnist)
-	$(SWEEP) +experiment=paper_mnist hydra.sweep.dir=$(REPORTS)/paper_mnist/runs
-	$(GRADBENCH) report $(REPORTS)/paper_mnist/runs --out $(REPORTS)/paper_mnist
+	$(SWEEP) +experiment=paper_mnist hydra.sweep.dir=$(REPORTS)/paper_mnist/mlp
+	$(GRADBENCH) report $(REPORTS)/paper_mnist/mlp --target-loss 1.3
+	$(SWEEP) +experiment=paper_mnist_cnn hydra.sweep.dir=$(REPORTS)/paper_mnist/cnn
+	$(GRADBENCH) report $(REPORTS)/paper_mnist/cnn
 
 five-models: setup ## report 001: CIFAR-10 car/cat, five SGD settings x {sgd, manual_sgd} (needs CIFAR-10)
 	$(call NEED_DATA,five_models,+protocol=r001_carcat)
