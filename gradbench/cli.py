@@ -9,22 +9,28 @@ Each Hydra command takes the usual Hydra flags: --help, --cfg job, -m/--multirun
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import math
+import multiprocessing
 import os
+import shutil
 import sys
 import traceback
 import warnings
 from pathlib import Path
 
+import yaml
+
 import hydra
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from gradbench.errors import ConfigError, JobFailed
+from gradbench.errors import ConfigError, Interrupted, JobFailed, OccupiedRunDir
 from gradbench.metrics import write_json
+from gradbench.sweep import RESULT, die_with_parent, record
 
 # The repository's conf/ (the package is installed editable); absolute, so any cwd works.
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -48,13 +54,28 @@ def _hydra_command(job_path: str, job_name: str):
 
 
 def run_job(job, run_dir: Path, multirun: bool):
-    """Run one job. Bad input ends a single run with one clear line (exit status 2). Inside a
-    sweep, any failure is recorded in the job's summary.json and the sweep goes on."""
+    """Run one job. Bad input ends a single run with one clear line (exit status 2) and leaves no
+    empty run dir. Inside a sweep, any failure is recorded in the job's summary.json and the
+    sweep goes on. An interrupted run exits 128 + signal (a sweep in this process stops)."""
+    if multirun:
+        die_with_parent()
     try:
         return job()
+    except Interrupted as e:
+        print(f"gradbench: {e}", file=sys.stderr)
+        if multiprocessing.parent_process() is not None:  # a joblib worker: its parent decides
+            return math.nan
+        sys.exit(128 + e.signum)
+    except OccupiedRunDir as e:  # never touch the other run's files
+        if not multirun:
+            print(f"gradbench: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        record(run_dir, "failed")
+        logging.getLogger("gradbench").error("job refused, sweep goes on: %s", e)
     except ConfigError as e:
         if not multirun:
             print(f"gradbench: error: {e}", file=sys.stderr)
+            discard_if_empty(run_dir)
             sys.exit(2)
         record_failure(run_dir, f"ConfigError: {e}")
     except JobFailed as e:
@@ -72,10 +93,41 @@ def run_job(job, run_dir: Path, multirun: bool):
 def record_failure(run_dir: Path, error: str) -> None:
     """Mark a failed sweep job (keeping a summary.json the job already wrote) and log why."""
     summary_path = run_dir / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    except ValueError:  # a broken summary of this job's own earlier try
+        summary = {}
     summary.update(stop_reason="failed", error=error)
     write_json(summary_path, summary)
+    record(run_dir, "failed")
     logging.getLogger("gradbench").error("job failed, sweep goes on: %s", error.strip().splitlines()[-1])
+
+
+def discard_if_empty(run_dir: Path) -> None:
+    """Remove a run dir that holds nothing but what Hydra wrote on entry (.hydra/, the log)."""
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # the date folder, if this was its only run
+
+
+def resume_arguments(rest: list[str]) -> list[str]:
+    """`train resume=RUN_DIR ...`: the run's own overrides (from RUN_DIR/.hydra/overrides.yaml),
+    then the ones given now (which win), writing into RUN_DIR and leaving its .hydra/ as it is."""
+    given = [a for a in rest if a.startswith("resume=")]
+    value = given[-1].partition("=")[2] if given else ""
+    if value.lower() in ("", "true", "false", "null"):
+        return rest
+    path = Path(value).expanduser()
+    saved = path / ".hydra" / "overrides.yaml"
+    if not saved.is_file():
+        print(f"gradbench: error: resume must be true or a run dir (with .hydra/overrides.yaml), got {value!r}",
+              file=sys.stderr)
+        sys.exit(2)
+    key = lambda arg: arg.partition("=")[0].lstrip("+~")  # noqa: E731
+    mine = {key(a) for a in rest}
+    original = [str(a) for a in yaml.safe_load(saved.read_text()) or [] if key(str(a)) not in mine]
+    return [*original, *rest, f"hydra.run.dir={path}", "hydra.output_subdir=null"]
 
 
 COMMANDS = {
@@ -85,6 +137,7 @@ COMMANDS = {
     "data": "load (download once, cache) the configured dataset and print its splits",
     "bench": "time estimate + update of several estimators side by side (ratios, R, peak memory)",
     "bench-report": "gather bench runs into one table and draw scaling curves",
+    "eval": "evaluate a finished run's model.pt on a split (metrics, confusion, predictions)",
 }
 HYDRA_COMMANDS = {
     "train": _hydra_command("gradbench.job:train_job", "train"),
@@ -92,7 +145,8 @@ HYDRA_COMMANDS = {
     "data": _hydra_command("gradbench.job:data_job", "data"),
     "bench": _hydra_command("gradbench.bench:bench_job", "bench"),
 }
-PLAIN_COMMANDS = {"report": "gradbench.report:main", "bench-report": "gradbench.bench_report:main"}  # argparse commands: function(argv)
+PLAIN_COMMANDS = {"report": "gradbench.report:main", "bench-report": "gradbench.bench_report:main",
+                  "eval": "gradbench.evaluate:main"}  # argparse commands: function(argv)
 
 
 def usage() -> str:
@@ -125,8 +179,17 @@ def main(argv: list[str] | None = None) -> None:
         module, function = PLAIN_COMMANDS[command].split(":")
         sys.exit(getattr(importlib.import_module(module), function)(rest))
     os.environ["GRADBENCH_COMMAND"] = command  # hydra.job.name: the log file is <command>.log
+    if command == "train":
+        rest = resume_arguments(rest)
     sys.argv = [program, *rest]  # Hydra parses sys.argv
-    HYDRA_COMMANDS[command]()
+    RESULT.clear()
+    try:
+        HYDRA_COMMANDS[command]()
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (a parallel sweep's parent, say)
+        print("gradbench: interrupted", file=sys.stderr)
+        sys.exit(130)
+    if RESULT.get("counts", {}).get("failed"):
+        sys.exit(1)  # a sweep with failed jobs, after every job ran (the tally line says which)
 
 
 if __name__ == "__main__":

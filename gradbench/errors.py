@@ -1,5 +1,7 @@
 """The exceptions the CLI prints as one line, without a traceback: bad user input (exit
-status 2) and a job whose verdict is a failure (exit status 1)."""
+status 2), a job whose verdict is a failure (exit status 1), an interrupted run (128 + signal)."""
+
+import signal
 
 
 class ConfigError(ValueError):
@@ -9,6 +11,19 @@ class ConfigError(ValueError):
 class JobFailed(RuntimeError):
     """A job that ran to the end and wrote its outputs, but whose verdict is a failure (e.g.
     `gradbench check` found an estimator that disagrees): one line, exit status 1."""
+
+
+class OccupiedRunDir(ConfigError):
+    """The run dir holds a run of another config: a job never writes into it."""
+
+
+class Interrupted(Exception):
+    """A run stopped by SIGINT / SIGTERM after writing every output: exit status 128 + signum."""
+
+    def __init__(self, signum: int, run_dir, steps: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after {steps} steps; outputs and "
+                         f"checkpoint in {run_dir} (continue with: gradbench train resume={run_dir})")
+        self.signum = signum
 
 
 def require(ok: bool, key: str, rule: str, got: object) -> None:

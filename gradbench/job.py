@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import math
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -19,14 +20,16 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from gradbench import checkpoint
 from gradbench.data import SPLITS, Data
-from gradbench.errors import ConfigError, choose, require
+from gradbench.errors import ConfigError, Interrupted, OccupiedRunDir, choose, require
 from gradbench.estimators import Estimator
 from gradbench.metrics import STEP_COLUMNS, MetricsWriter, eval_columns, write_json
 from gradbench.models import Model, Params, count_parameters
 from gradbench.plots import plot_run
 from gradbench.probes import GradientProbe
-from gradbench.train import Result, Step, StopRule, predict, train
+from gradbench.validate import validate as check_config
+from gradbench.train import Result, Signals, Step, StopRule, predict, train
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -59,31 +62,23 @@ def stream(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Ge
 
 
 def build(node: DictConfig, group: str, **runtime):
-    """Instantiate a group's option; a ConfigError inside comes out as itself, not wrapped."""
+    """Instantiate a group's option; a ConfigError inside comes out as itself, any other error
+    as a ConfigError naming the group and the cause (torch's own message, say)."""
     try:
         return instantiate(node, **runtime)
     except InstantiationException as e:
         cause = e.__cause__
         if isinstance(cause, ConfigError):
             raise cause from None
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(f"{group} ({node.get('_target_')}): {cause}") from None
         raise
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the run keys before any work, naming the key and what is allowed."""
+    """Check the run keys and the group options before any work (gradbench.validate)."""
     choose("dtype", cfg.dtype, DTYPES)
-    for key in ("max_steps", "max_epochs", "batch_size"):
-        value = cfg[key]
-        require(value is None or (isinstance(value, int) and value >= 1), key,
-                "must be a positive integer or null", value)
-    require(cfg.eval_every >= 1, "eval_every", "must be >= 1", cfg.eval_every)
-    require(cfg.eval_chunk >= 1, "eval_chunk", "must be >= 1", cfg.eval_chunk)
-    bad = [s for s in cfg.eval_splits if s not in SPLITS]
-    require(not bad, "eval_splits", f"must be a subset of {list(SPLITS)}", list(cfg.eval_splits))
-    require(cfg.sweep_metric.partition("_")[0] in SPLITS, "sweep_metric",
-            "must be <split>_<metric> with split train | val | test", cfg.sweep_metric)
-    lr = cfg.optimizer.get("lr")
-    require(lr is None or lr > 0, "optimizer.lr", "must be > 0", lr)
+    check_config(cfg)
 
 
 @dataclass
@@ -127,8 +122,12 @@ def data_job(cfg: DictConfig, run_dir: Path) -> None:
 def train_job(cfg: DictConfig, run_dir: Path) -> float:
     """Train one config into `run_dir`; returns the headline metric for sweepers."""
     started = time.perf_counter()
+    validate(cfg)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    resume = _checkpoint_to_resume(cfg, run_dir, config)  # also refuses a dir of another config's run
     if cfg.skip_done and (done := finished_run(run_dir)):
-        log.info("skipped: %s already holds a finished run of these overrides", run_dir)
+        log.info("skipped: %s already holds a finished run of this config", run_dir)
+        record_outcome(run_dir, "skipped")
         return headline(done["final"], cfg.sweep_metric)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -145,24 +144,64 @@ def train_job(cfg: DictConfig, run_dir: Path) -> float:
     setup_time = time.perf_counter() - started
     log.info("run dir %s | %s | %d parameters | device %s", run_dir, _choices(), count_parameters(s.params), s.device)
 
-    result = Result(stop_reason="failed")
+    result, signals = Result(stop_reason="failed"), Signals()
     try:
-        with MetricsWriter(run_dir / "metrics.csv", columns) as writer:
+        with signals, MetricsWriter(run_dir / "metrics.csv", columns,
+                                    resume_after=resume["step"] if resume else None) as writer:
             result = train(
                 s.model, s.params, s.data, Step(estimator, optimizer, scheduler), writer,
                 batch_size=cfg.batch_size, eval_every=cfg.eval_every, eval_splits=splits,
                 eval_chunk=cfg.eval_chunk, generator=stream(cfg.seed, "batches"),
                 log_every_s=cfg.log_every_s, probes=probes,
-                stop=StopRule(cfg.max_steps, cfg.max_epochs, cfg.stop_below))
+                stop=StopRule(cfg.max_steps, cfg.max_epochs, cfg.stop_below),
+                checkpoint=lambda state: checkpoint.save(run_dir, {**state, "config": config}),
+                checkpoint_every=cfg.checkpoint_every, resume=resume, signals=signals)
     except Exception:
-        _finish(cfg, run_dir, s, result, setup_time, error=traceback.format_exc())
+        _finish(cfg, config, run_dir, s, result, setup_time, error=traceback.format_exc())
         raise
-    _finish(cfg, run_dir, s, result, setup_time)
+    _finish(cfg, config, run_dir, s, result, setup_time)
     log.info("stopped: %s after %d steps (%.3g s training, %.3g s/step mean) → %s",
              result.stop_reason, result.steps, result.train_time_s, result.mean_step_time_s, run_dir)
+    record_outcome(run_dir, "finished" if result.stop_reason not in ("diverged", "interrupted") else result.stop_reason)
     if result.stop_reason == "interrupted":
-        raise KeyboardInterrupt
+        raise Interrupted(signals.signum or signal.SIGINT, run_dir, result.steps)
     return headline(result.final, cfg.sweep_metric)
+
+
+def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path, config: dict) -> dict | None:
+    """The checkpoint to continue from (`resume`), after making sure `run_dir` holds no run of
+    another config: its stored config must equal this one but for keys that change no result
+    (and, when resuming, the stop rules)."""
+    stored = stored_config(run_dir)
+    if stored is not None:
+        ignore = checkpoint.NEUTRAL + (checkpoint.STOP_RULES if cfg.resume else ())
+        diff = checkpoint.differences(stored, config, ignore)
+        if diff:
+            raise OccupiedRunDir(f"{run_dir} holds a run of another config ({'; '.join(diff[:4])}"
+                                 f"{'; ...' if len(diff) > 4 else ''}): use another run or sweep dir")
+    if not cfg.resume:
+        return None
+    state = checkpoint.load(run_dir)
+    if state is None and cfg.resume is not True:  # resume=RUN_DIR names one run: it must be there
+        raise ConfigError(f"resume must name a run dir with a {checkpoint.FILE}, got {cfg.resume!r}")
+    return state
+
+
+def stored_config(run_dir: Path) -> dict | None:
+    """The resolved config of the run `run_dir` holds (its checkpoint's, else its summary's),
+    or None if it holds no run yet."""
+    state = checkpoint.load(run_dir) if (run_dir / checkpoint.FILE).is_file() else None
+    if state is not None:
+        return state["config"]
+    summary = read_summary(run_dir)
+    return summary.get("config") if summary else None
+
+
+def record_outcome(run_dir: Path, outcome: str) -> None:
+    """In a sweep, what this job came to, for the sweep's closing tally (gradbench.sweep)."""
+    from gradbench.sweep import record
+
+    record(run_dir, outcome)
 
 
 def headline(final: dict[str, dict[str, float]], metric: str) -> float:
@@ -180,14 +219,29 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def finished_run(run_dir: Path) -> dict | None:
-    """The summary of a finished run of the same overrides in `run_dir`, if there is one."""
+def read_summary(run_dir: Path) -> dict | None:
+    """summary.json of `run_dir`; None if absent or unreadable (a broken file is logged)."""
     path = run_dir / "summary.json"
-    if not path.exists():
+    if not path.is_file():
         return None
-    summary = json.loads(path.read_text())
-    done = summary.get("stop_reason") not in (None, "failed", "interrupted")
-    return summary if done and summary.get("overrides") == _overrides() else None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        log.warning("unreadable %s (%s): treated as no summary", path, e)
+        return None
+
+
+def finished_run(run_dir: Path) -> dict | None:
+    """The summary of a finished run in `run_dir`, if it holds one: the summary says so (it
+    is written last, atomically) AND every output it lists exists."""
+    summary = read_summary(run_dir)
+    if not summary or summary.get("stop_reason") in (None, "failed", "interrupted"):
+        return None
+    missing = [name for name in summary.get("outputs", []) if not (run_dir / name).is_file()]
+    if missing:
+        log.info("%s: the summary says finished but %s missing: training again", run_dir, ", ".join(missing))
+        return None
+    return summary
 
 
 def _choices() -> str:
@@ -197,11 +251,20 @@ def _choices() -> str:
     return " ".join(f"{g}={choices[g]}" for g in ("dataset", "model", "estimator", "optimizer") if g in choices)
 
 
-def _finish(cfg: DictConfig, run_dir: Path, s: Setup, result: Result, setup_time: float,
+def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Result, setup_time: float,
             error: str | None = None) -> None:
-    """summary.json, plots and model.pt: written whatever the stop reason."""
+    """model.pt, plots, then summary.json last (atomically): written whatever the stop reason,
+    so a summary on disk means every output it lists is there."""
     from hydra.core.hydra_config import HydraConfig
 
+    outputs = ["metrics.csv", checkpoint.FILE] if result.steps else []
+    if cfg.save_model:
+        torch.save({"state_dict": s.model.state_dict(), "model": OmegaConf.to_container(cfg.model),
+                    "input_shape": list(s.data.input_shape), "num_classes": s.data.num_classes},
+                   run_dir / "model.pt")
+        outputs.append("model.pt")
+    if cfg.plot and result.steps:
+        outputs += [p.name for p in plot_run(run_dir)]
     summary = {
         "stop_reason": result.stop_reason,
         "steps": result.steps,
@@ -213,11 +276,14 @@ def _finish(cfg: DictConfig, run_dir: Path, s: Setup, result: Result, setup_time
         "setup_time_s": setup_time,
         "num_params": count_parameters(s.params),
         "device": str(s.device),
+        "threads": torch.get_num_threads(),
         "seed": cfg.seed,
         "deterministic": cfg.deterministic,
         "choices": {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")},
         "overrides": _overrides(),
         "estimator": OmegaConf.to_container(cfg.estimator),
+        "config": config,
+        "outputs": outputs,
         "initial": result.initial,
         "final": result.final,
     }
@@ -227,10 +293,3 @@ def _finish(cfg: DictConfig, run_dir: Path, s: Setup, result: Result, setup_time
         test = s.data.splits["test"]
         summary["test_confusion"] = s.model.confusion(predict(s.model, s.params, test.x, cfg.eval_chunk), test.y).tolist()
     write_json(run_dir / "summary.json", summary)
-    if cfg.save_model:
-        torch.save({"state_dict": s.model.state_dict(), "model": OmegaConf.to_container(cfg.model),
-                    "input_shape": list(s.data.input_shape), "num_classes": s.data.num_classes},
-                   run_dir / "model.pt")
-    if cfg.plot and result.steps:
-        plot_run(run_dir)
-

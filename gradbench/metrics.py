@@ -1,11 +1,17 @@
-"""Run outputs: the per-step CSV (appended and flushed as the run goes) and summary.json."""
+"""Run outputs: the per-step CSV (appended and flushed as the run goes), summary.json, and
+atomic writes (a kill mid-write leaves the old file or the new one, never half of one)."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 from pathlib import Path
+from typing import Callable
+
+import pandas as pd
 
 STEP_COLUMNS = ["step", "epoch", "batch_loss", "lr", "step_time_s", "train_time_s", "wall_time_s"]
 
@@ -16,10 +22,20 @@ def eval_columns(splits: list[str], metric_names: tuple[str, ...]) -> list[str]:
 
 class MetricsWriter:
     """Tidy CSV, one row per step: header once, empty cells where a value was not computed,
-    flushed after every row so a crash or Ctrl-C keeps every finished step."""
+    flushed after every row so a crash or Ctrl-C keeps every finished step.
 
-    def __init__(self, path: Path, columns: list[str]) -> None:
+    `resume_after=k` continues a run from its checkpoint at step k: the rows after k (steps
+    that will be trained again) and a row cut mid-line are dropped first, so no step is
+    counted twice."""
+
+    def __init__(self, path: Path, columns: list[str], resume_after: int | None = None) -> None:
         self.columns = columns
+        if resume_after is not None:
+            kept = [line for line in whole_lines(path)[1:] if int(line.split(",", 1)[0]) <= resume_after]
+            atomic_write(path, lambda f: f.write("".join([",".join(columns) + "\n", *kept])))
+            self._file = open(path, "a", newline="")
+            self._writer = csv.DictWriter(self._file, fieldnames=columns, restval="")
+            return
         self._file = open(path, "w", newline="")
         self._writer = csv.DictWriter(self._file, fieldnames=columns, restval="")
         self._writer.writeheader()
@@ -43,9 +59,32 @@ def _cell(value):
     return repr(value) if isinstance(value, float) else value  # repr: shortest exact float
 
 
+def whole_lines(path: Path) -> list[str]:
+    """The file's lines that end in a newline: a line cut short by a kill is left out."""
+    text = Path(path).read_text()
+    return text.splitlines(keepends=True)[: text.count("\n")]
+
+
+def read_metrics(path: Path) -> pd.DataFrame:
+    """metrics.csv as a frame, without a last row cut mid-line (a run killed while writing)."""
+    lines = whole_lines(path) if Path(path).exists() else []
+    return pd.read_csv(io.StringIO("".join(lines))) if lines else pd.DataFrame()
+
+
+def atomic_write(path: Path, write: Callable, binary: bool = False) -> None:
+    """`write(file)` into a temporary file beside `path`, then rename it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb" if binary else "w") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def write_json(path: Path, data: dict) -> None:
-    """JSON with non-finite floats as null (strict JSON readers reject NaN)."""
-    path.write_text(json.dumps(_finite(data), indent=2) + "\n")
+    """JSON with non-finite floats as null (strict JSON readers reject NaN), written atomically."""
+    atomic_write(path, lambda f: f.write(json.dumps(_finite(data), indent=2) + "\n"))
 
 
 def _finite(value):

@@ -12,15 +12,21 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from gradbench.metrics import read_metrics  # noqa: E402
+
 METRICS = {"loss": "loss", "accuracy": "accuracy", "errors": "misclassifications"}
+HUGE = 1e30  # a diverging run's values beyond this are clipped to it (drawing 1e285 overflows)
 
 
 def plot_run(run_dir: Path) -> list[Path]:
     """Write <metric>.png (against step and against train time) for each metric in the CSV."""
     run_dir = Path(run_dir)
-    frame = pd.read_csv(run_dir / "metrics.csv")
+    frame = read_metrics(run_dir / "metrics.csv")
+    numbers = frame.select_dtypes("number")
+    frame[numbers.columns] = numbers.where(np.isfinite(numbers)).clip(-HUGE, HUGE)
     written = []
     for metric, label in METRICS.items():
         # batch_loss ends in _loss too: it comes first, drawn faint behind the evaluations

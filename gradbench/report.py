@@ -182,9 +182,11 @@ def best_section(row: pd.Series, metric: str, runs: list[Run], matrix: np.ndarra
 
 def report(args: argparse.Namespace) -> int:
     """Read the runs, write every output, print the tables."""
-    runs, skipped = find_runs(args.dir)
+    runs, skipped, broken = find_runs(args.dir)
     if skipped:
         note(f"skipped {len(skipped)} run dir(s) without summary.json (still running, killed, or not a train run)")
+    for path, why in broken.items():
+        note(f"skipped broken run dir {path}: {why}")
     if not runs:
         note(f"error: no finished run dirs (.hydra/overrides.yaml + summary.json) under {args.dir}")
         return 1
@@ -206,7 +208,8 @@ def report(args: argparse.Namespace) -> int:
     out = Path(args.out or args.dir)
     out.mkdir(parents=True, exist_ok=True)
     short = {g: " ".join(f"{k}={group_of(first[g], ignore).get(k, '')}" for k in keys) or g for g in by_group}
-    text = write_table(table, keys, out / "table", reference.get("source"), failures(runs))
+    extra = failures(runs) + "".join(f"\n- broken run dir, left out: {p} ({why})" for p, why in broken.items())
+    text = write_table(table, keys, out / "table", reference.get("source"), extra)
     if metric is not None and (i := best_row(table, metric)) is not None:
         group = table.at[i, "group"]
         text += "\n" + write_best(table.loc[i], metric, by_group[group], short[group], out, args.no_plots)

@@ -19,6 +19,8 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from gradbench.metrics import read_metrics
+
 BAD = ("failed", "diverged", "interrupted")  # stop reasons whose numbers are left out of the means
 SPLITS = ("train", "val", "test")
 
@@ -105,18 +107,22 @@ def _natural(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def find_runs(root: Path) -> tuple[list[Run], list[Path]]:
+def find_runs(root: Path) -> tuple[list[Run], list[Path], dict[Path, str]]:
     """Every run dir under root (a folder with .hydra/overrides.yaml), in natural order; those
-    without summary.json yet (still running, or killed) come back separately as skipped."""
+    without summary.json yet (still running, or killed) come back separately as skipped, and
+    those whose files cannot be read as broken (path → why), so one bad file spoils nothing."""
     dirs = sorted({p.parent.parent for p in Path(root).rglob("overrides.yaml") if p.parent.name == ".hydra"},
                   key=_natural)
-    runs, skipped = [], []
+    runs, skipped, broken = [], [], {}
     for path in dirs:
-        if (path / "summary.json").exists():
-            runs.append(load_run(path))
-        else:
+        if not (path / "summary.json").exists():
             skipped.append(path)
-    return runs, skipped
+            continue
+        try:
+            runs.append(load_run(path))
+        except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError) as e:
+            broken[path] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    return runs, skipped, broken
 
 
 def load_run(path: Path) -> Run:
@@ -126,9 +132,7 @@ def load_run(path: Path) -> Run:
         key, _, value = line.partition("=")
         overrides[key.lstrip("+~")] = value
     summary = json.loads((path / "summary.json").read_text())
-    csv = path / "metrics.csv"
-    metrics = pd.read_csv(csv) if csv.exists() and csv.stat().st_size else pd.DataFrame()
-    return Run(path, overrides, summary, metrics)
+    return Run(path, overrides, summary, read_metrics(path / "metrics.csv"))
 
 
 def group_of(run: Run, ignore: tuple[str, ...] = ()) -> dict[str, str]:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -102,28 +105,65 @@ def synchroniser(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
+class Signals:
+    """SIGINT and SIGTERM during training: the first lets the current step finish and stops the
+    run cleanly (`signum` is set); a second exits at once, leaving every finished CSV row and
+    the last checkpoint on disk. Handlers are installed only in the main thread, and restored."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._saved: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)
+        self.signum = signum
+        log.warning("%s: finishing the current step, then writing the outputs (again to quit at once)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self) -> Signals:
+        if threading.current_thread() is threading.main_thread():
+            self._saved = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._saved.items():
+            signal.signal(s, handler)
+
+
 def train(model: Model, params: Params, data: Data, timed_step: Step, writer: MetricsWriter, *,
           batch_size: int | None, stop: StopRule, eval_every: int, eval_splits: list[str],
           eval_chunk: int, generator: torch.Generator, log_every_s: float = 5.0,
-          probes: tuple[Probe, ...] = ()) -> Result:
-    """Train `params` in place until a stop rule fires; one CSV row per step."""
+          probes: tuple[Probe, ...] = (), checkpoint: Callable[[dict], None] | None = None,
+          checkpoint_every: int | None = None, resume: dict | None = None,
+          signals: Signals | None = None) -> Result:
+    """Train `params` in place until a stop rule fires; one CSV row per step.
+
+    `checkpoint(state)` is called every `checkpoint_every` steps and once at the end, whatever
+    the stop reason; `resume` is such a state, from which training continues exactly.
+    """
     device = data.train.x.device
     n = len(data.train)
     batch_size = min(batch_size or n, n)
     steps_per_epoch = math.ceil(n / batch_size)
     splits = [s for s in eval_splits if len(data.splits[s])]
+    signals = signals or Signals()
 
     def run_eval(names: list[str]) -> dict[str, dict[str, float]]:
         return {s: evaluate(model, params, data.splits[s], eval_chunk) for s in names}
 
-    result = Result(initial=run_eval(splits))
     order = batches(n, batch_size, generator, device)
+    if resume is None:
+        result = Result(initial=run_eval(splits))
+    else:
+        result = _restore(resume, params, timed_step, order)
+        log.info("resumed at step %d", result.steps)
     sync = synchroniser(device)
     first = data.train.take(torch.arange(min(batch_size, n), device=device))
     timed_step.estimator.warm_up(Objective(model, first.x, first.y), params)
-    start = last_log = time.perf_counter()
+    start = last_log = time.perf_counter() - result.wall_time_s
     try:
-        while not result.stop_reason:
+        while not result.stop_reason and not _budget_reason(result.steps, steps_per_epoch, 0.0, stop):
             batch = data.train.take(next(order))
             objective = Objective(model, batch.x, batch.y)
             lr = timed_step.optimizer.param_groups[0]["lr"]
@@ -165,21 +205,54 @@ def train(model: Model, params: Params, data: Data, timed_step: Step, writer: Me
             for split, metrics in evals.items():
                 row.update({f"{split}_{k}": v for k, v in metrics.items()})
                 result.final[split] = metrics
-            row["wall_time_s"] = time.perf_counter() - start
+            row["wall_time_s"] = result.wall_time_s = time.perf_counter() - start
             writer.write(row)
+            if not reason and signals.signum is not None:
+                reason = "interrupted"  # this row as an uninterrupted run writes it; metrics below
             result.stop_reason = reason
+            if checkpoint and checkpoint_every and step % checkpoint_every == 0 and not reason:
+                checkpoint(_state(params, timed_step, order, result))
 
             if reason or time.perf_counter() - last_log >= log_every_s:
                 last_log = time.perf_counter()
                 log.info(_progress(row, splits))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # no handler could be installed (not the main thread): stop as cleanly
         result.stop_reason = "interrupted"
-        log.warning("interrupted at step %d; writing outputs", result.steps)
+        signals.signum = signal.SIGINT
+    if not result.stop_reason:  # resumed at or past the budget: nothing left to train
+        result.stop_reason = _budget_reason(result.steps, steps_per_epoch, 0.0, stop)
+    if result.stop_reason == "interrupted":
+        result.final = run_eval(splits)  # the parameters the run stopped with, not in the CSV
     result.epochs = result.steps / steps_per_epoch
     result.wall_time_s = time.perf_counter() - start
     if result.stop_reason != "diverged" and not all(torch.isfinite(p).all() for p in params.values()):
         result.stop_reason = "diverged"
+    if checkpoint:
+        checkpoint(_state(params, timed_step, order, result))
     return result
+
+
+def _state(params: Params, timed_step: Step, order, result: Result) -> dict:
+    """Everything `train` needs to continue from here (see gradbench.checkpoint)."""
+    generator = timed_step.estimator.generator
+    return {"step": result.steps, "params": dict(params),
+            "optimizer": timed_step.optimizer.state_dict(), "scheduler": timed_step.scheduler.state_dict(),
+            "tangents": generator.get_state() if generator is not None else None,
+            "batches": order.state_dict(),
+            "result": {k: getattr(result, k) for k in ("steps", "train_time_s", "wall_time_s", "step_times",
+                                                        "initial", "final")}}
+
+
+@torch.no_grad()
+def _restore(state: dict, params: Params, timed_step: Step, order) -> Result:
+    for name, p in params.items():
+        p.copy_(state["params"][name])
+    timed_step.optimizer.load_state_dict(state["optimizer"])
+    timed_step.scheduler.load_state_dict(state["scheduler"])
+    if state["tangents"] is not None:
+        timed_step.estimator.generator.set_state(state["tangents"])
+    order.load_state_dict(state["batches"])
+    return Result(**state["result"])
 
 
 def _budget_reason(step: int, steps_per_epoch: int, loss: float, stop: StopRule) -> str:

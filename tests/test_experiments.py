@@ -70,11 +70,12 @@ def test_fwd_vs_bwd_cnn_part_on_mnist(sweep):
     assert sorted(table["estimator"]) == ["backward", "forward"] and (table["failed"] == 0).all()
 
 
-def test_paper_mnist_runs_both_models_and_every_estimator(sweep):
-    _, table = sweep("paper_mnist", "seed=0", "max_steps=2", "batch_size=8", "dataset.val_size=10")
-    assert len(table) == 6 and (table["failed"] == 0).all()
-    assert set(table["model"]) == {"mlp", "cnn_paper"}
+@pytest.mark.parametrize("experiment, model", [("paper_mnist", "mlp"), ("paper_mnist_cnn", "cnn_paper")])
+def test_paper_mnist_runs_every_estimator(sweep, experiment, model):
+    out, table = sweep(experiment, "seed=0", "max_steps=2", "batch_size=8", "dataset.val_size=10")
+    assert len(table) == 3 and (table["failed"] == 0).all()
     assert set(table["estimator"]) == {"backward", "forward", "forward_rank1"}
+    assert {s["choices"]["model"] for s in summaries(out)} == {model}
 
 
 def test_five_models_shows_sgd_and_manual_sgd_identical(sweep):

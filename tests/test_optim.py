@@ -171,7 +171,7 @@ def test_exponential_schedule_drives_every_optimizer(runner, optimizer):
 
 @pytest.mark.parametrize("overrides, message", [
     (["optimizer=manual_sgd", "optimizer.nesterov=true"], "optimizer.nesterov needs optimizer.momentum > 0"),
-    (["optimizer=manual_sgd", "optimizer.momentum=-0.5"], "optimizer.momentum must be >= 0"),
+    (["optimizer=manual_sgd", "optimizer.momentum=-0.5"], "optimizer.momentum must be in [0, 1), got -0.5"),
     (["optimizer=manual_sgd", "optimizer.weight_decay=-1"], "optimizer.weight_decay must be >= 0"),
 ])
 def test_bad_optimizer_settings_are_one_clear_line(runner, capsys, overrides, message):

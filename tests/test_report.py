@@ -20,18 +20,25 @@ T_REFERENCE = {1: 12.706204736174707, 2: 4.302652729749464, 10: 2.22813885196493
 QUIET = [*FAST, "save_model=false"]
 
 
-def sweep(root: Path, *overrides: str) -> Path:
-    """Run `gradbench train ... -m` in root; return the sweep dir."""
+def sweep(root: Path, *overrides: str, failing: bool = False) -> Path:
+    """Run `gradbench train ... -m` in root; return the sweep dir. A sweep with failed jobs
+    runs every job, then exits with status 1."""
     with pytest.MonkeyPatch.context() as mp:
-        run_dirs = Runner(root, mp)("train", *overrides, *QUIET, "-m")
-    return run_dirs[0].parent
+        runner = Runner(root, mp)
+        if not failing:
+            runner("train", *overrides, *QUIET, "-m")
+        else:
+            with pytest.raises(SystemExit) as exit_info:
+                runner("train", *overrides, *QUIET, "-m")
+            assert exit_info.value.code == 1
+    return sorted((root / "outputs" / "multirun").glob("*/*"))[-1]
 
 
 @pytest.fixture(scope="module")
 def logreg(tmp_path_factory) -> Path:
     """2 estimators × 3 learning rates (one invalid: every job fails) × 3 seeds, penguins, 20 steps."""
     return sweep(tmp_path_factory.mktemp("logreg"), "model=logreg", "max_steps=20", "estimator=forward,backward",
-                 "optimizer.lr=0.03,0.3,-1", "seed=0,1,2")
+                 "optimizer.lr=0.03,0.3,-1", "seed=0,1,2", failing=True)
 
 
 @pytest.fixture(scope="module")

@@ -110,7 +110,12 @@ def test_a_diverging_run_stops_and_keeps_its_outputs(runner):
     assert (run / "loss.png").exists() and (run / "model.pt").exists()
 
 
-def test_interrupt_keeps_every_finished_step(runner, monkeypatch):
+def test_interrupt_finishes_the_step_and_keeps_every_finished_one(runner, monkeypatch):
+    """SIGINT during the 6th step: that step completes, the run stops as `interrupted` with
+    every output written, and the command exits 130 (128 + SIGINT)."""
+    import os
+    import signal
+
     from gradbench.estimators import Backward
 
     calls, original = {"n": 0}, Backward.__call__
@@ -118,15 +123,17 @@ def test_interrupt_keeps_every_finished_step(runner, monkeypatch):
     def interrupting(self, objective, params):
         calls["n"] += 1
         if calls["n"] == 7:  # warm-up call + 5 steps, then Ctrl-C during the 6th
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGINT)
         return original(self, objective, params)
 
     monkeypatch.setattr(Backward, "__call__", interrupting)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SystemExit) as exit_info:
         runner("train", "estimator=backward", "max_steps=100", *FAST)
+    assert exit_info.value.code == 130
     (run,) = [p.parent for p in runner.cwd.rglob("summary.json")]
     frame, summary = load_run(run)
-    assert summary["stop_reason"] == "interrupted" and summary["steps"] == len(frame) == 5
+    assert summary["stop_reason"] == "interrupted" and summary["steps"] == len(frame) == 6
+    assert (run / "checkpoint.pt").exists() and (run / "model.pt").exists()
 
 
 @pytest.mark.parametrize("override, message", [

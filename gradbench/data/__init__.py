@@ -53,20 +53,52 @@ class Data:
         return Data({k: s.to(device, dtype) for k, s in self.splits.items()}, self.num_classes)
 
 
-def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Tensor]:
+class BatchOrder:
     """Endless index batches: epoch after epoch, a fresh permutation cut into `batch_size` slices.
 
     The permutation is drawn on the CPU generator and moved to the device once per epoch, so
     the batch order depends on the seed alone, not on the device. The last batch of an epoch
-    may be smaller (as DataLoader's default, drop_last=False). Full batch = no shuffle.
+    may be smaller (as DataLoader's default, drop_last=False). Full batch = no shuffle. Its
+    state (the generator before this epoch's draw, the slices taken) goes into checkpoints.
     """
-    if batch_size >= n:
-        everything = torch.arange(n, device=device)
-        while True:
-            yield everything
-    while True:
-        perm = torch.randperm(n, generator=generator).to(device)
-        yield from perm.split(batch_size)
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> None:
+        self.n, self.batch_size, self.generator, self.device = n, batch_size, generator, device
+        self.everything = torch.arange(n, device=device) if batch_size >= n else None
+        self.epoch_state: Tensor | None = None
+        self.slices: tuple[Tensor, ...] = ()
+        self.position = 0
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return self
+
+    def __next__(self) -> Tensor:
+        if self.everything is not None:
+            return self.everything
+        if self.position == len(self.slices):
+            self.epoch_state = self.generator.get_state()
+            self._draw()
+        self.position += 1
+        return self.slices[self.position - 1]
+
+    def _draw(self) -> None:
+        self.slices = torch.randperm(self.n, generator=self.generator).to(self.device).split(self.batch_size)
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch_state": self.epoch_state, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["epoch_state"] is not None:
+            self.epoch_state = state["epoch_state"]
+            self.generator.set_state(self.epoch_state)
+            self._draw()
+            self.position = state["position"]
+
+
+def batches(n: int, batch_size: int, generator: torch.Generator, device: torch.device) -> BatchOrder:
+    """Endless index batches (see BatchOrder)."""
+    return BatchOrder(n, batch_size, generator, device)
 
 
 def stratified_split(

@@ -107,17 +107,37 @@ def _write_cache(path: Path, content: dict) -> None:
         log.warning("could not cache the splits in %s (%s); the next run parses the raw files again", path, e)
 
 
-def _read_cache(path: Path, generator: torch.Generator) -> dict | None:
+def _read_cache(path: Path, generator: torch.Generator, settings: dict) -> dict | None:
+    """The cached splits, if the file is readable AND holds what this setting needs: the
+    settings it was built for, uint8 images with int64 labels in range, matching lengths.
+    Anything else is named in a warning and rebuilt, never used and never a crash."""
     if not path.is_file():
         return None
     try:
         content = torch.load(path, weights_only=True)
+        problem = _cache_problem(content, settings)
     except Exception as e:  # e.g. a file cut short by a full disk: rebuild it
-        log.warning("unreadable cache %s (%s): parsing the raw files again", path, oneline(e))
+        problem = f"unreadable ({oneline(e)})"
+    if problem:
+        log.warning("split cache %s: %s; parsing the raw files again and rewriting it", path, problem)
         return None
     generator.set_state(content["generator_after"])  # as if the split had just been drawn
     log.info("splits from the cache %s", path)
     return content
+
+
+def _cache_problem(content, settings: dict) -> str | None:
+    """What is wrong with a cache file's content for `settings`, or None."""
+    if not isinstance(content, dict) or not {"splits", "classes", "stats", "generator_after"} <= set(content):
+        return "not a gradbench split cache"
+    if content.get("settings") != settings:
+        return f"built for other settings ({content.get('settings')})"
+    for name, (x, y) in content["splits"].items():
+        if x.dtype != torch.uint8 or x.dim() != 4 or y.dtype != torch.int64 or len(x) != len(y):
+            return f"split {name!r} is not N×C×H×W uint8 images with N int64 labels"
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < len(content["classes"]):
+            return f"split {name!r} has labels outside 0..{len(content['classes']) - 1}"
+    return None
 
 
 def _build(source: Source, root: Path, settings: dict, generator: torch.Generator) -> dict:
@@ -132,7 +152,7 @@ def _build(source: Source, root: Path, settings: dict, generator: torch.Generato
         size = [settings["resize"]] * 2
         splits = {k: (resize(sx, size, antialias=True), sy) for k, (sx, sy) in splits.items()}
     return {"splits": splits, "classes": kept, "stats": channel_stats(splits["train"][0]),
-            "generator_after": generator.get_state()}
+            "generator_after": generator.get_state(), "settings": settings}
 
 
 def channel_stats(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -201,7 +221,7 @@ def load(source: Source, generator: torch.Generator, root: str | None, classes: 
                 "val_size": val_size, "train_size": train_size, "test_size": test_size}
     fetch(source, root_path)
     path = _cache_path(source, root_path, settings, generator.get_state())
-    content = _read_cache(path, generator)
+    content = _read_cache(path, generator, settings)
     if content is None:
         content = _build(source, root_path, settings, generator)
         _write_cache(path, content)

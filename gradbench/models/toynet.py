@@ -36,6 +36,8 @@ class ToyNet(Model):
                  A: list | None = None, B: list | None = None, C: list | None = None,
                  init: dict | None = None, l2: float = 0.0) -> None:
         super().__init__(init or {"law": "uniform", "a": 0.0, "b": 1.0}, l2)
+        require(num_classes is None, "model", "toynet learns from unlabelled inputs (report 002): use "
+                "dataset=toy_inputs", f"labelled data with {num_classes} classes")
         require(len(input_shape) == 1, "model", "toynet needs flat inputs (N × K)", list(input_shape))
         k = input_shape[0]
         self.given = {name: _matrix(value, f"model.{name}", k)

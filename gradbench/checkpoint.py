@@ -1,0 +1,57 @@
+"""Checkpoints, and the comparison of a run dir's stored config with a job's.
+
+    checkpoint.pt = {step, params, optimizer, scheduler, tangents, batches, result, config}
+
+Everything a run needs to continue exactly where it stopped: parameters, optimizer and
+scheduler state, the tangent and batch-order generators, the step counters, times and last
+evaluation, and the resolved config it was trained with. Written atomically (temp file and
+rename), so a kill during the write leaves the previous checkpoint whole.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gradbench.metrics import atomic_write
+
+FILE = "checkpoint.pt"
+# Keys that change no number a run produces: a finished run with other values of these is the
+# same run (skip_done), and a checkpoint may be resumed with other values of them.
+NEUTRAL = ("resume", "skip_done", "threads", "log_every_s", "plot", "save_model", "eval_chunk",
+           "checkpoint_every", "check", "bench", "sweep_metric")
+# Stop rules: a resumed run may be given a larger budget (continue a finished run further).
+STOP_RULES = ("max_steps", "max_epochs", "stop_below")
+
+
+def save(run_dir: Path, state: dict) -> None:
+    atomic_write(Path(run_dir) / FILE, lambda f: torch.save(state, f), binary=True)
+
+
+def load(run_dir: Path) -> dict | None:
+    """The run dir's checkpoint, or None if it has none."""
+    path = Path(run_dir) / FILE
+    return torch.load(path, weights_only=True) if path.is_file() else None
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} → {'a.b': 1}; lists stay values."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def differences(stored: dict, current: dict, ignore: tuple[str, ...] = NEUTRAL) -> list[str]:
+    """`key: stored → current` for every result-changing key that differs (top-level keys in
+    `ignore`, and everything under them, left out)."""
+    a, b = flatten(stored), flatten(current)
+    keys = [k for k in {**a, **b} if k.split(".")[0] not in ignore]
+    missing = object()
+    return [f"{k}: {a.get(k, 'absent')!r} → {b.get(k, 'absent')!r}" for k in keys
+            if a.get(k, missing) != b.get(k, missing)]

@@ -1,0 +1,89 @@
+"""Sweeps that end with a verdict: each job records its outcome, and the sweep closes with a
+one-line tally and a non-zero exit status if any job failed; parallel workers die with it.
+
+A job writes `<sweep dir>/.gradbench/outcomes/<job number>` (finished, diverged, failed,
+skipped or interrupted); the Hydra callback `Tally` clears that folder when the sweep starts
+and counts it when the sweep ends, so the count covers this launch only, whichever launcher
+ran the jobs (in this process, in joblib workers, on SLURM).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import shutil
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+log = logging.getLogger(__name__)
+OUTCOMES = ("finished", "diverged", "failed", "interrupted", "skipped")
+RESULT: dict = {}  # the last sweep's tally in this process, for the CLI's exit status
+
+
+def _folder(sweep_dir) -> Path:
+    return Path(sweep_dir) / ".gradbench" / "outcomes"
+
+
+def record(run_dir: Path, outcome: str) -> None:
+    """Record a sweep job's outcome (a single run records nothing)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return
+    folder = _folder(hydra.sweep.dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / str(hydra.job.num)).write_text(outcome)
+
+
+def die_with_parent() -> None:
+    """In a worker process (joblib), ask Linux to send SIGTERM when the parent dies, so a
+    killed sweep leaves no orphan training on; the signal then stops the run cleanly."""
+    if multiprocessing.parent_process() is None or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
+class Tally(Callback):
+    """Counts the outcomes of a sweep's jobs and logs the one-line verdict."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        shutil.rmtree(_folder(config.hydra.sweep.dir), ignore_errors=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        folder = _folder(config.hydra.sweep.dir)
+        counts = Counter(p.read_text() for p in folder.iterdir()) if folder.is_dir() else Counter()
+        RESULT.update(counts=counts, dir=config.hydra.sweep.dir)
+        line = ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o] or o != "interrupted")
+        log.info("sweep done: %s → %s (gradbench report %s)", line, config.hydra.sweep.dir,
+                 config.hydra.sweep.dir)
+
+
+class OutputDir(Callback):
+    """Creates the run (or sweep) dir before Hydra does, so a dir that cannot be created (no
+    permission, a name too long, a full disk) ends the command with one line, exit status 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        _make(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _make(config.hydra.sweep.dir)
+
+
+def _make(path: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"gradbench: error: hydra.run.dir / hydra.sweep.dir cannot be created ({e.strerror}): {path}",
+              file=sys.stderr)
+        sys.exit(2)
