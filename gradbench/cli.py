@@ -14,7 +14,6 @@ import importlib
 import json
 import logging
 import math
-import multiprocessing
 import os
 import shutil
 import sys
@@ -30,7 +29,7 @@ from omegaconf import DictConfig
 
 from gradbench.errors import ConfigError, Interrupted, JobFailed, OccupiedRunDir
 from gradbench.metrics import write_json
-from gradbench.sweep import RESULT, die_with_parent, record
+from gradbench.sweep import RESULT, die_with_parent, guard_sweep, in_worker, record
 
 # The repository's conf/ (the package is installed editable); absolute, so any cwd works.
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
@@ -63,8 +62,10 @@ def run_job(job, run_dir: Path, multirun: bool):
         return job()
     except Interrupted as e:
         print(f"gradbench: {e}", file=sys.stderr)
-        if multiprocessing.parent_process() is not None:  # a joblib worker: its parent decides
-            return math.nan
+        if in_worker():  # a joblib worker: take no further job
+            logging.shutdown()
+            sys.stderr.flush()
+            os._exit(128 + e.signum)
         sys.exit(128 + e.signum)
     except OccupiedRunDir as e:  # never touch the other run's files
         if not multirun:
@@ -83,6 +84,11 @@ def run_job(job, run_dir: Path, multirun: bool):
             print(f"gradbench: failed: {e}", file=sys.stderr)
             sys.exit(1)
         record_failure(run_dir, f"JobFailed: {e}")
+    except OSError as e:  # a full disk, a file that cannot be written: what is on disk stays
+        if not multirun:
+            print(f"gradbench: error: writing the outputs in {run_dir} failed: {e}", file=sys.stderr)
+            sys.exit(1)
+        record_failure(run_dir, f"OSError: {e}")
     except Exception:
         if not multirun:
             raise
@@ -183,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
         rest = resume_arguments(rest)
     sys.argv = [program, *rest]  # Hydra parses sys.argv
     RESULT.clear()
+    if {"-m", "--multirun"} & set(rest):
+        guard_sweep()
     try:
         HYDRA_COMMANDS[command]()
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (a parallel sweep's parent, say)

@@ -19,6 +19,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from gradbench.checkpoint import NEUTRAL
 from gradbench.metrics import read_metrics
 
 BAD = ("failed", "diverged", "interrupted")  # stop reasons whose numbers are left out of the means
@@ -136,8 +137,11 @@ def load_run(path: Path) -> Run:
 
 
 def group_of(run: Run, ignore: tuple[str, ...] = ()) -> dict[str, str]:
-    """The overrides that define a run's group: all but the seed and the ignored keys."""
-    return {k: v for k, v in run.overrides.items() if k != "seed" and k not in ignore}
+    """The overrides that define a run's group, sorted by key (their order on the command line
+    changes nothing): all but the seed, the ignored keys and the keys that change no result
+    (threads, skip_done, plot, ...: gradbench.checkpoint.NEUTRAL)."""
+    return {k: v for k, v in sorted(run.overrides.items())
+            if k != "seed" and k not in ignore and k.split(".")[0] not in NEUTRAL}
 
 
 def label(group: dict[str, str]) -> str:

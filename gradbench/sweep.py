@@ -9,12 +9,14 @@ ran the jobs (in this process, in joblib workers, on SLURM).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
-import multiprocessing
+import os
 import shutil
 import signal
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -43,15 +45,73 @@ def record(run_dir: Path, outcome: str) -> None:
     (folder / str(hydra.job.num)).write_text(outcome)
 
 
+PARENT = "GRADBENCH_SWEEP_PID"  # set by the sweep's own process; its workers inherit it
+
+
+def in_worker() -> bool:
+    """True in a process that runs sweep jobs for another (a joblib worker, a submitit job)."""
+    return os.environ.get(PARENT, str(os.getpid())) != str(os.getpid())
+
+
 def die_with_parent() -> None:
-    """In a worker process (joblib), ask Linux to send SIGTERM when the parent dies, so a
+    """In a worker, ask Linux to send SIGTERM when the parent dies (even by SIGKILL), so a
     killed sweep leaves no orphan training on; the signal then stops the run cleanly."""
-    if multiprocessing.parent_process() is None or not sys.platform.startswith("linux"):
+    if not in_worker() or not sys.platform.startswith("linux"):
         return
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
     except OSError:
         pass
+
+
+def guard_sweep() -> None:
+    """In the process that launches a sweep: SIGINT or SIGTERM becomes one SIGTERM to each
+    worker (each finishes its step and writes its outputs), a wait for them, and exit 128 +
+    signal; a second signal kills the workers at once. Jobs run in this process (the basic
+    launcher) handle the signal themselves while they train."""
+    os.environ[PARENT] = str(os.getpid())
+    stopping: list[int] = []
+
+    def handle(signum, frame) -> None:
+        workers = _children()
+        if stopping:
+            for pid in workers:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            os._exit(128 + stopping[0])
+        stopping.append(signum)
+        print(f"gradbench: {signal.Signals(signum).name}: stopping the sweep's {len(workers)} worker process(es) "
+              f"cleanly (again to kill them at once)", file=sys.stderr)
+        for pid in workers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 300
+        while workers and time.monotonic() < deadline:
+            workers = [pid for pid in workers if _running(pid)]
+            time.sleep(0.05)
+        os._exit(128 + signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handle)
+
+
+def _children() -> list[int]:
+    """The worker PIDs whose parent is this process (Linux /proc; elsewhere none), without the
+    multiprocessing resource trackers, which exit by themselves once this process is gone."""
+    me, found = str(os.getpid()), []
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if (entry.read_text().rsplit(")", 1)[1].split()[1] == me
+                    and b"resource_tracker" not in (entry.parent / "cmdline").read_bytes()):
+                found.append(int(entry.parent.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return False
 
 
 class Tally(Callback):

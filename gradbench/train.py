@@ -24,6 +24,7 @@ from gradbench.estimators import Estimator
 from gradbench.metrics import MetricsWriter
 from gradbench.models import Model, Objective, Params
 from gradbench.optim import apply
+from gradbench.sweep import in_worker
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,9 @@ def synchroniser(device: torch.device) -> Callable[[], None]:
 class Signals:
     """SIGINT and SIGTERM during training: the first lets the current step finish and stops the
     run cleanly (`signum` is set); a second exits at once, leaving every finished CSV row and
-    the last checkpoint on disk. Handlers are installed only in the main thread, and restored."""
+    the last checkpoint on disk. Handlers are installed only in the main thread, and restored.
+    In a sweep's worker process only SIGTERM counts: the sweep's parent turns a Ctrl-C into one
+    SIGTERM per worker (gradbench.sweep.guard_sweep), so the terminal's own SIGINT is ignored."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -123,7 +126,9 @@ class Signals:
 
     def __enter__(self) -> Signals:
         if threading.current_thread() is threading.main_thread():
-            self._saved = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+            worker = in_worker()
+            self._saved = {s: signal.signal(s, signal.SIG_IGN if worker and s == signal.SIGINT else self._handle)
+                           for s in (signal.SIGINT, signal.SIGTERM)}
         return self
 
     def __exit__(self, *exc) -> None:
