@@ -25,14 +25,17 @@ import yaml
 
 import hydra
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from gradbench.errors import ConfigError, Interrupted, JobFailed, OccupiedRunDir
 from gradbench.metrics import write_json
+from gradbench.models.functions import sphere_forward_lr
 from gradbench.sweep import RESULT, die_with_parent, guard_sweep, in_worker, record
 
 # The repository's conf/ (the package is installed editable); absolute, so any cwd works.
 CONF = str(Path(__file__).resolve().parent.parent / "conf")
+# conf/protocol/functions_sphere.yaml: lr = the forward gradient's best step on the sphere
+OmegaConf.register_new_resolver("forward_gradient_sphere_lr", sphere_forward_lr, replace=True)
 
 
 def _hydra_command(job_path: str, job_name: str):
@@ -144,6 +147,7 @@ COMMANDS = {
     "bench": "time estimate + update of several estimators side by side (ratios, R, peak memory)",
     "bench-report": "gather bench runs into one table and draw scaling curves",
     "eval": "evaluate a finished run's model.pt on a split (metrics, confusion, predictions)",
+    "functions": "draw test-function runs: paths over contours, the sphere's steps against dimension",
 }
 HYDRA_COMMANDS = {
     "train": _hydra_command("gradbench.job:train_job", "train"),
@@ -152,7 +156,7 @@ HYDRA_COMMANDS = {
     "bench": _hydra_command("gradbench.bench:bench_job", "bench"),
 }
 PLAIN_COMMANDS = {"report": "gradbench.report:main", "bench-report": "gradbench.bench_report:main",
-                  "eval": "gradbench.evaluate:main"}  # argparse commands: function(argv)
+                  "eval": "gradbench.evaluate:main", "functions": "gradbench.functions_report:main"}  # argparse commands: function(argv)
 
 
 def usage() -> str:
@@ -189,10 +193,10 @@ def main(argv: list[str] | None = None) -> None:
         rest = resume_arguments(rest)
     sys.argv = [program, *rest]  # Hydra parses sys.argv
     RESULT.clear()
-    if {"-m", "--multirun"} & set(rest):
-        guard_sweep()
+    sweep = guard_sweep() if {"-m", "--multirun"} & set(rest) else contextlib.nullcontext()
     try:
-        HYDRA_COMMANDS[command]()
+        with sweep:
+            HYDRA_COMMANDS[command]()
     except KeyboardInterrupt:  # Ctrl-C outside a training loop (a parallel sweep's parent, say)
         print("gradbench: interrupted", file=sys.stderr)
         sys.exit(130)

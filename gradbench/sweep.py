@@ -49,8 +49,8 @@ PARENT = "GRADBENCH_SWEEP_PID"  # set by the sweep's own process; its workers in
 
 
 def in_worker() -> bool:
-    """True in a process that runs sweep jobs for another (a joblib worker, a submitit job)."""
-    return os.environ.get(PARENT, str(os.getpid())) != str(os.getpid())
+    """True in a process that runs sweep jobs for its parent, the sweep (a joblib worker)."""
+    return os.environ.get(PARENT) == str(os.getppid())
 
 
 def die_with_parent() -> None:
@@ -64,11 +64,12 @@ def die_with_parent() -> None:
         pass
 
 
-def guard_sweep() -> None:
-    """In the process that launches a sweep: SIGINT or SIGTERM becomes one SIGTERM to each
-    worker (each finishes its step and writes its outputs), a wait for them, and exit 128 +
-    signal; a second signal kills the workers at once. Jobs run in this process (the basic
-    launcher) handle the signal themselves while they train."""
+@contextlib.contextmanager
+def guard_sweep():
+    """While a sweep runs in this process: SIGINT or SIGTERM becomes one SIGTERM to each worker
+    (each finishes its step and writes its outputs), a wait for them, and exit 128 + signal; a
+    second signal kills the workers at once. Jobs run in this process (the basic launcher)
+    handle the signal themselves while they train. Environment and handlers are restored."""
     os.environ[PARENT] = str(os.getpid())
     stopping: list[int] = []
 
@@ -91,8 +92,13 @@ def guard_sweep() -> None:
             time.sleep(0.05)
         os._exit(128 + signum)
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, handle)
+    saved = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        os.environ.pop(PARENT, None)
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def _children() -> list[int]:

@@ -143,20 +143,22 @@ def test_sigterm_to_a_parallel_sweep_leaves_no_process_behind(tmp_path):
 
 
 def test_a_killed_sweep_relaunched_with_skip_done_trains_only_the_missing_jobs(tmp_path):
-    """Kill -9 the sweep once two jobs are done; relaunch with skip_done=true added and the keys
-    in another order: the finished jobs are skipped (counted), the rest trained, and the report
-    equals an uninterrupted sweep's."""
-    args = ["seed=0,1,2,3", "max_steps=300", "model=logreg", "plot=false", "threads=1"]
+    """Kill -9 the sweep half-way through its third job; relaunch with skip_done=true and
+    resume=true added and the keys in another order: the finished jobs are skipped (counted),
+    the third continues from its checkpoint, the fourth trains, and the report equals an
+    uninterrupted sweep's."""
+    args = ["seed=0,1,2,3", "max_steps=3000", "checkpoint_every=100", "model=logreg", "plot=false", "threads=1"]
     process = start(tmp_path, "train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'a'}")
-    wait_for(tmp_path / "a" / "1" / "summary.json")
+    wait_for(tmp_path / "a" / "2" / "checkpoint.pt")  # jobs 0 and 1 done, job 2 half-way
     process.kill()
     process.wait()
     finished = len(list((tmp_path / "a").glob("*/summary.json")))
-    again = subprocess.run([GRADBENCH, "train", "-m", *reversed(args), "skip_done=true",
+    again = subprocess.run([GRADBENCH, "train", "-m", *reversed(args), "skip_done=true", "resume=true",
                             f"hydra.sweep.dir={tmp_path / 'a'}"], cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-2000:]
     log = again.stdout + again.stderr
     assert f"{4 - finished} finished, 0 diverged, 0 failed, {finished} skipped" in log
+    assert "resumed at step" in log  # the job killed half-way continued from its checkpoint
     subprocess.run([GRADBENCH, "train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'b'}"], cwd=tmp_path,
                    check=True, capture_output=True)
     tables = []
@@ -228,3 +230,35 @@ def test_run_dirs_helper_sees_resumed_runs_once(runner):
     runner("train", f"resume={run}", "max_steps=6")
     assert run_dirs(runner.cwd) == [run]
     assert list(read_metrics(run / "metrics.csv")["step"]) == [1, 2, 3, 4, 5, 6]
+
+
+def test_float64_divergence_is_diverged_not_a_crash(runner):
+    """Losses reach 1e30 and beyond before turning NaN: the plots clip them, the run is
+    `diverged` with every output; in a sweep too (not `failed`)."""
+    (run,) = runner("train", "optimizer.lr=1e6", "estimator=forward", "dtype=float64", "max_steps=200",
+                    "log_every_s=1000")
+    _, summary = load_run(run)
+    assert summary["stop_reason"] == "diverged" and (run / "loss.png").exists()
+    with pytest.raises(SystemExit) as exit_info:  # a sweep: diverged is no failure, exit 0
+        runner("train", "-m", "optimizer.lr=1e6", "estimator=forward", "dtype=float64", "max_steps=200",
+               "log_every_s=1000", f"hydra.sweep.dir={runner.cwd / 'sweep'}")
+        raise SystemExit(0)
+    assert exit_info.value.code == 0
+    assert json.loads((runner.cwd / "sweep" / "0" / "summary.json").read_text())["stop_reason"] == "diverged"
+
+
+def test_report_skips_and_lists_a_broken_run_and_reads_a_cut_csv(runner, capsys):
+    sweep = runner.cwd / "sweep"
+    runner("train", "-m", "seed=0,1,2", "max_steps=6", "eval_every=2", "plot=false", "log_every_s=1000",
+           f"hydra.sweep.dir={sweep}")
+    (sweep / "1" / "summary.json").write_text('{"stop_reason": "max_st')  # half-written
+    csv = sweep / "2" / "metrics.csv"
+    csv.write_text(csv.read_text() + "7,1,0.5")  # a row cut mid-line
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(sweep), "--no-plots"])
+    assert exit_info.value.code == 0
+    assert "skipped broken run dir" in capsys.readouterr().err
+    table = pd.read_csv(sweep / "table.csv")
+    assert table["n"].tolist() == [2]
+    assert "broken run dir, left out" in (sweep / "table.md").read_text()
+    assert read_metrics(csv)["step"].tolist() == [1, 2, 3, 4, 5, 6]

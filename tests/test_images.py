@@ -246,6 +246,30 @@ def test_second_run_reads_the_cache(runner, tmp_path, monkeypatch, parse_calls):
     assert len(parse_calls) == 4 and len(list((root / images.CACHE_FOLDER).glob("*.pt"))) == 2
 
 
+@pytest.mark.parametrize("damage", ["empty dict", "other settings"])
+def test_a_wrong_cache_file_is_named_rebuilt_and_never_used(runner, tmp_path, monkeypatch, parse_calls, capsys, damage):
+    """A readable cache that holds {} or splits built for other settings (under this setting's
+    file name) is named in a warning and rebuilt from the raw files; the run is unaffected."""
+    root = tmp_path / "data"
+    write_mnist(root, n_train=40, n_test=10)
+    monkeypatch.setenv("GRADBENCH_DATA", str(root))
+    args = ["train", "dataset=mnist", "dataset.val_size=8", "model=cnn", "max_steps=2", *FAST]
+    [first] = runner(*args)
+    [path] = (root / images.CACHE_FOLDER).glob("*.pt")
+    if damage == "empty dict":
+        torch.save({}, path)
+    else:
+        runner(*args, "dataset.train_size=20")  # another setting, another file
+        [other] = [p for p in (root / images.CACHE_FOLDER).glob("*.pt") if p != path]
+        other.replace(path)
+    calls = len(parse_calls)
+    capsys.readouterr()
+    [second] = runner(*args)
+    assert len(parse_calls) == calls + 2  # parsed again, not read from the wrong file
+    assert f"split cache {path}" in capsys.readouterr().out
+    assert load_run(first)[1]["final"] == load_run(second)[1]["final"]
+
+
 def test_missing_mnist_names_root_files_and_remedy(runner, tmp_path, capsys, offline):
     with pytest.raises(SystemExit) as exit_info:
         runner("train", "dataset=mnist", f"dataset.root={tmp_path / 'empty'}", "model=cnn")

@@ -1,4 +1,4 @@
-"""Small tabular datasets: Palmer penguins and a seeded synthetic toy set."""
+"""Small tabular datasets: Palmer penguins, a seeded synthetic toy set, and no data (test functions)."""
 
 from __future__ import annotations
 
@@ -77,3 +77,10 @@ def toy_inputs(generator: torch.Generator, samples: int = 1000, features: int = 
         require(inputs.dim() == 2 and inputs.numel() > 0, "dataset.x", "must hold at least one row", x)
     empty = Split(inputs[:0])
     return Data({"train": Split(inputs), "val": empty, "test": empty}, num_classes=None)
+
+
+def no_data(generator: torch.Generator) -> Data:
+    """No data at all: one empty training row, for models whose loss needs none (the test
+    functions of gradbench.models.functions); val and test are empty, so only train is evaluated."""
+    empty = torch.zeros(0, 0)
+    return Data({"train": Split(torch.zeros(1, 0)), "val": Split(empty), "test": Split(empty)}, None)

@@ -1,0 +1,152 @@
+"""`gradbench functions DIR [--out OUT]`: test-function runs (gradbench.models.functions) as figures.
+
+    gradbench train -m +experiment=test_functions hydra.sweep.dir=outputs/tf/paths
+    gradbench train -m +experiment=sphere_dims hydra.sweep.dir=outputs/tf/sphere
+    gradbench functions outputs/tf
+
+Writes into OUT (default DIR), from the run dirs' files alone:
+- functions_<model>.png for each 2-d function: the contour of f on log-spaced levels with every
+  run's path (one colour per estimator; forward-gradient seeds as thin lines), and the distance
+  to the minimum against step;
+- sphere_dims.png and sphere_dims.md for sphere runs: steps to f < ε against the dimension n,
+  mean ± 95% CI over seeds, beside the theory at lr* = 1/(2(n + 2)), k = log(f₀/ε) / −log(1 − 1/(n + 2)),
+  and the least-squares slope of log steps on log n.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from matplotlib.colors import LogNorm  # noqa: E402
+
+from gradbench.report_runs import Run, find_runs, mean_ci  # noqa: E402
+
+COLOURS = {"backward": "tab:blue", "forward": "tab:orange", "forward_rank1": "tab:green",
+           "finite_difference": "tab:purple", "manual": "tab:red"}
+
+
+def model_of(run: Run):
+    return instantiate(run.summary["config"]["model"])
+
+
+def plot_paths(name: str, runs: list[Run], path: Path) -> None:
+    model = model_of(runs[0])
+    points = np.concatenate([r.metrics[["train_x1", "train_x2"]].dropna().to_numpy() for r in runs]
+                            + [model.minimum.numpy()[None], model.start.numpy()[None]])
+    low, high = points.min(0), points.max(0)
+    pad = 0.15 * (high - low) + 0.1
+    xs, ys = np.linspace(low[0] - pad[0], high[0] + pad[0], 300), np.linspace(low[1] - pad[1], high[1] + pad[1], 300)
+    grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1), dtype=torch.float64)
+    values = model.f(grid).numpy() + 1e-12
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    left.contour(xs, ys, values, levels=np.logspace(np.log10(values.min()), np.log10(values.max()), 25),
+                 norm=LogNorm(), cmap="Greys", linewidths=0.6)
+    seen = set()
+    for run in runs:
+        estimator = run.choices.get("estimator", "?")
+        colour = COLOURS.get(estimator, "black")
+        label = None if estimator in seen else f"{estimator} ({sum(r.choices.get('estimator') == estimator for r in runs)} runs)"
+        seen.add(estimator)
+        thin = run.summary["config"]["estimator"].get("_target_", "").endswith("Forward")
+        path_xy = run.metrics[["train_x1", "train_x2"]].dropna().to_numpy()
+        path_xy = np.vstack([model.start.numpy()[None], path_xy])
+        left.plot(path_xy[:, 0], path_xy[:, 1], color=colour, lw=0.8 if thin else 2, alpha=0.7, label=label)
+        curve = run.curve()
+        right.plot(curve["step"], curve["train_distance"], color=colour, lw=0.8 if thin else 2, alpha=0.7,
+                   label=label)
+    left.plot(*model.start.numpy(), "ko", label="start")
+    left.plot(*model.minimum.numpy(), "k*", ms=14, label="minimum")
+    left.set(xlabel="x₁", ylabel="x₂", title=f"{name}: paths over the contour of f (log levels)")
+    left.legend(fontsize="small")
+    right.set(xscale="log", yscale="log", xlabel="step", ylabel="distance to the minimum ‖θ − θ*‖",
+              title=f"{name}: distance to the minimum")
+    right.grid(True, which="both", alpha=0.3)
+    right.legend(fontsize="small")
+    lr = runs[0].summary["config"]["optimizer"]["lr"]
+    fig.suptitle(f"{name}, gradient descent lr {lr:g}, float64, same start for every run")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sphere_table(runs: list[Run]) -> list[dict]:
+    """Per dimension: steps to f < ε over the seeds (runs that reached it), and the theory."""
+    rows = []
+    for n in sorted({r.summary["config"]["model"]["dim"] for r in runs}):
+        group = [r for r in runs if r.summary["config"]["model"]["dim"] == n]
+        reached = [r.summary["steps"] for r in group if r.summary["stop_reason"] == "threshold"]
+        config = group[0].summary["config"]
+        eps, f0 = config["stop_below"], n * float(config["model"]["start"]) ** 2
+        theory = math.log(f0 / eps) / -math.log(1 - 1 / (n + 2))
+        mean, ci, count = mean_ci(reached)
+        rows.append({"n": n, "runs": len(group), "reached": count, "steps": mean, "ci": ci, "theory": theory})
+    return rows
+
+
+def plot_sphere(rows: list[dict], slope: float, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    n = np.array([r["n"] for r in rows])
+    ax.errorbar(n, [r["steps"] for r in rows], yerr=[np.nan_to_num(r["ci"]) for r in rows], fmt="o-",
+                capsize=3, color=COLOURS["forward"], label=f"forward gradient (mean ± 95% CI), slope {slope:.2f}")
+    ax.plot(n, [r["theory"] for r in rows], "k--", label="theory: log(f₀/ε) / −log(1 − 1/(n+2))")
+    ax.set(xscale="log", yscale="log", xlabel="dimension n", ylabel="steps to f < ε",
+           title="sphere f = ‖x‖², lr* = 1/(2(n+2)): steps grow like n")
+    ax.set_xticks(n, [str(v) for v in n])
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="gradbench functions", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dir", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if not args.dir.is_dir():
+        parser.error(f"DIR must be a directory, got {str(args.dir)!r}")
+    runs, _, _ = find_runs(args.dir)
+    runs = [r for r in runs if r.ok and r.summary.get("config")]
+    by_model: dict[str, list[Run]] = {}
+    for run in runs:
+        by_model.setdefault(run.choices.get("model", "?"), []).append(run)
+    out = args.out or args.dir
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for name, group in by_model.items():
+        if name == "sphere":
+            rows = sphere_table(group)
+            ok = [r for r in rows if r["reached"]]
+            slope = float(np.polyfit(np.log([r["n"] for r in ok]), np.log([r["steps"] for r in ok]), 1)[0])
+            plot_sphere(rows, slope, out / "sphere_dims.png")
+            lines = ["| n | runs reaching f < ε | steps (mean ± 95% CI) | theory | measured / theory |",
+                     "|---|---|---|---|---|"]
+            lines += [f"| {r['n']} | {r['reached']}/{r['runs']} | {r['steps']:.1f} ± {r['ci']:.1f} | "
+                      f"{r['theory']:.1f} | {r['steps'] / r['theory']:.2f} |" for r in rows]
+            lines += ["", f"Least-squares slope of log steps on log n: {slope:.3f} (theory over this range: "
+                      f"{float(np.polyfit(np.log([r['n'] for r in rows]), np.log([r['theory'] for r in rows]), 1)[0]):.3f})."]
+            (out / "sphere_dims.md").write_text("\n".join(lines) + "\n")
+            print("\n".join(lines))
+            drawn += [out / "sphere_dims.png", out / "sphere_dims.md"]
+        elif "train_x1" in group[0].metrics:
+            plot_paths(name, group, out / f"functions_{name}.png")
+            drawn.append(out / f"functions_{name}.png")
+    if not drawn:
+        parser.error(f"no test-function runs (model=beale | rosenbrock | sphere) under {args.dir}")
+    print("\n".join(f"→ {p}" for p in drawn))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
