@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow test-all clean reports bench fwd-vs-bwd paper-mnist five-models toy-backprop gd-vs-nag cifar-search depth
+.PHONY: help setup run test test-slow test-all clean reports bench test-functions fwd-vs-bwd paper-mnist five-models toy-backprop gd-vs-nag cifar-search depth
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -70,7 +70,15 @@ bench: setup ## speed and peak memory per step of every estimator (paper MLP/CNN
 	else echo "MNIST not in the data root: only the penguins benchmark ran (\`gradbench data dataset=mnist\` says why)"; fi
 	$(GRADBENCH) bench-report $(BENCH)
 
-reports: fwd-vs-bwd toy-backprop gd-vs-nag five-models paper-mnist depth cifar-search ## every report table
+TF := $(REPORTS)/test_functions
+test-functions: setup ## report 000 / the paper: Beale and Rosenbrock paths, the sphere's slowdown with dimension (~3 min)
+	$(SWEEP) +experiment=test_functions hydra.sweep.dir=$(TF)/paths
+	$(GRADBENCH) report $(TF)/paths --target-loss 1e-6 --no-plots
+	$(SWEEP) +experiment=sphere_dims hydra.sweep.dir=$(TF)/sphere
+	$(GRADBENCH) functions $(TF)
+	mkdir -p $(FIGURES) && cp $(TF)/functions_beale.png $(TF)/functions_rosenbrock.png $(TF)/sphere_dims.png $(FIGURES)/
+
+reports: fwd-vs-bwd toy-backprop gd-vs-nag test-functions five-models paper-mnist depth cifar-search ## every report table
 
 fwd-vs-bwd: setup ## report 000: forward vs backward (penguins; MNIST CNN where present), shared and fair lr
 	$(SWEEP) +experiment=fwd_vs_bwd hydra.sweep.dir=$(REPORTS)/fwd_vs_bwd/shared
@@ -81,7 +89,9 @@ fwd-vs-bwd: setup ## report 000: forward vs backward (penguins; MNIST CNN where 
 	$(GRADBENCH) report $(REPORTS)/fwd_vs_bwd/fair_mlp --best-per estimator --select val_loss --target-loss 0.2
 	@if $(call NEED_DATA,fwd_vs_bwd,dataset=mnist) >/dev/null 2>&1; then \
 	  $(SWEEP) +experiment=fwd_vs_bwd +protocol=r000_cnn hydra.sweep.dir=$(REPORTS)/fwd_vs_bwd/cnn && \
-	  $(GRADBENCH) report $(REPORTS)/fwd_vs_bwd/cnn; \
+	  $(GRADBENCH) report $(REPORTS)/fwd_vs_bwd/cnn && \
+	  $(SWEEP) +protocol=r000_cnn_backprop seed=0,1,2 plot=false hydra.sweep.dir=$(REPORTS)/fwd_vs_bwd/cnn_backprop && \
+	  $(GRADBENCH) report $(REPORTS)/fwd_vs_bwd/cnn_backprop; \
 	else echo "MNIST not in the data root: the CNN part is skipped (\`gradbench data dataset=mnist\` says why)"; fi
 
 paper-mnist: setup ## the forward-gradient paper's MNIST MLP and CNN: backward vs forward, dense and rank-1 (needs MNIST)
@@ -90,6 +100,8 @@ paper-mnist: setup ## the forward-gradient paper's MNIST MLP and CNN: backward v
 	$(GRADBENCH) report $(REPORTS)/paper_mnist/mlp --target-loss 1.3
 	$(SWEEP) +experiment=paper_mnist_cnn hydra.sweep.dir=$(REPORTS)/paper_mnist/cnn
 	$(GRADBENCH) report $(REPORTS)/paper_mnist/cnn
+	$(SWEEP) +experiment=paper_mnist_fair hydra.sweep.dir=$(REPORTS)/paper_mnist/fair
+	$(GRADBENCH) report $(REPORTS)/paper_mnist/fair --best-per estimator --select val_accuracy --target-accuracy 0.85
 
 five-models: setup ## report 001: CIFAR-10 car/cat, five SGD settings x {sgd, manual_sgd} (needs CIFAR-10)
 	$(call NEED_DATA,five_models,+protocol=r001_carcat)

@@ -1,6 +1,6 @@
 """`gradbench report DIR`: the runs of a sweep → one table row per group of seeds, plots, the best group.
 
-    gradbench report outputs/multirun/<date>/<time> [--target-loss 0.3] [--select val_loss]
+    gradbench report outputs/multirun/<date>/<time> [--target-loss 0.3 | --target-accuracy 0.9] [--select val_loss]
                      [--best-per estimator] [--reference FILE.yaml] [--ignore KEY ...] [--out OUT]
 
 Groups are the runs' overrides minus `seed=`; cells are mean ± 95% CI over the group's seeds
@@ -194,7 +194,11 @@ def report(args: argparse.Namespace) -> int:
     by_group = group_runs(runs, ignore)
     first = {g: members[0] for g, members in by_group.items()}
     keys = varying([group_of(first[g], ignore) for g in by_group])
-    frame = runs_frame(runs, ignore, args.target_loss)
+    if args.target_loss is not None and args.target_accuracy is not None:
+        raise ValueError("--target-loss and --target-accuracy: give one of them")
+    target = (("train_loss", args.target_loss, "below") if args.target_loss is not None else
+              ("val_accuracy", args.target_accuracy, "above") if args.target_accuracy is not None else None)
+    frame = runs_frame(runs, ignore, target)
     table = aggregate(frame)
     for k in reversed(keys):  # the group keys that vary, as the table's first columns
         table.insert(0, k, [group_of(first[g], ignore).get(k, "") for g in table["group"]])
@@ -299,6 +303,8 @@ def parser() -> argparse.ArgumentParser:
                    help="override keys left out of the grouping, like seed (e.g. device)")
     p.add_argument("--target-loss", type=float, metavar="X",
                    help="steps and train time until train_loss < X (default: runs that stopped on stop_below)")
+    p.add_argument("--target-accuracy", type=float, metavar="X",
+                   help="steps and train time until val_accuracy >= X (instead of --target-loss)")
     p.add_argument("--select", metavar="METRIC", help="pick the best group by this metric's mean "
                    "(*accuracy*: max, else min; default val_accuracy, else val_loss, else train_loss)")
     p.add_argument("--best-per", metavar="KEY", help="also table_best.*: the best group (by --select) "

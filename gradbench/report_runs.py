@@ -155,7 +155,10 @@ def _num(value) -> float:
         return math.nan
 
 
-def run_values(run: Run, target_loss: float | None) -> dict[str, float]:
+Target = tuple[str, float, str]  # (column, threshold, "below" | "above")
+
+
+def run_values(run: Run, target: Target | None) -> dict[str, float]:
     """One run's numbers: final metrics per split, best val metrics, steps, times, steps to target."""
     s, m = run.summary, run.metrics
     values = {key: _num(s.get(key)) for key in ("steps", "mean_step_time_s", "train_time_s")}
@@ -165,9 +168,13 @@ def run_values(run: Run, target_loss: float | None) -> dict[str, float]:
         values["best_val_loss"] = _num(m["val_loss"].min())
     if "val_accuracy" in m:
         values["best_val_accuracy"] = _num(m["val_accuracy"].max())
-    if target_loss is not None:
-        below = m[m["train_loss"] < target_loss] if "train_loss" in m else m.iloc[:0]
-        hit = below.iloc[0] if len(below) else None
+    if target is not None:
+        column, threshold, side = target
+        if column not in m:
+            reached = m.iloc[:0]
+        else:
+            reached = m[m[column] < threshold] if side == "below" else m[m[column] >= threshold]
+        hit = reached.iloc[0] if len(reached) else None
         values["steps_to_target"] = _num(hit["step"]) if hit is not None else math.nan
         values["time_to_target_s"] = _num(hit["train_time_s"]) if hit is not None else math.nan
     elif s.get("stop_reason") == "threshold":  # stop_below fired: the run's end is the target
@@ -175,11 +182,11 @@ def run_values(run: Run, target_loss: float | None) -> dict[str, float]:
     return values
 
 
-def runs_frame(runs: list[Run], ignore: tuple[str, ...] = (), target_loss: float | None = None) -> pd.DataFrame:
+def runs_frame(runs: list[Run], ignore: tuple[str, ...] = (), target: Target | None = None) -> pd.DataFrame:
     """One row per run: its group label, seed, stop reason, ok, and run_values."""
     rows = [{"group": label(group_of(r, ignore)), "seed": r.overrides.get("seed", r.summary.get("seed")),
              "path": str(r.path), "stop_reason": r.summary.get("stop_reason", ""), "ok": r.ok,
-             **run_values(r, target_loss)} for r in runs]
+             **run_values(r, target)} for r in runs]
     frame = pd.DataFrame(rows)
     if "steps_to_target" in frame:
         frame["reached"] = frame["steps_to_target"].notna()
