@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from matplotlib.colors import LogNorm  # noqa: E402
+from matplotlib.ticker import NullLocator  # noqa: E402
 
 from gradbench.report_runs import Run, find_runs, mean_ci  # noqa: E402
 
@@ -61,7 +62,7 @@ def plot_paths(name: str, runs: list[Run], path: Path) -> None:
         path_xy = run.metrics[["train_x1", "train_x2"]].dropna().to_numpy()
         path_xy = np.vstack([model.start.numpy()[None], path_xy])
         left.plot(path_xy[:, 0], path_xy[:, 1], color=colour, lw=0.8 if thin else 2, alpha=0.7, label=label)
-        curve = run.curve()
+        curve = run.curve().dropna(subset=["train_distance"])  # evaluated steps only
         right.plot(curve["step"], curve["train_distance"], color=colour, lw=0.8 if thin else 2, alpha=0.7,
                    label=label)
     left.plot(*model.start.numpy(), "ko", label="start")
@@ -102,6 +103,7 @@ def plot_sphere(rows: list[dict], slope: float, path: Path) -> None:
     ax.set(xscale="log", yscale="log", xlabel="dimension n", ylabel="steps to f < ε",
            title="sphere f = ‖x‖², lr* = 1/(2(n+2)): steps grow like n")
     ax.set_xticks(n, [str(v) for v in n])
+    ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
