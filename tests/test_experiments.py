@@ -117,7 +117,7 @@ def test_depth_sweeps_layers_and_penalties(sweep):
 def test_paper_mnist_fair_runs_the_lr_grid_and_picks_per_estimator(sweep):
     out, table = sweep("paper_mnist_fair", "max_steps=2", "batch_size=8", "dataset.val_size=10",
                        report_args=("--best-per", "estimator", "--select", "val_accuracy", "--target-accuracy", "0.1"))
-    assert len(table) == 12 and (table["failed"] == 0).all()  # 3 estimators × 4 learning rates
+    assert len(table) == 15 and (table["failed"] == 0).all()  # 3 estimators × 5 learning rates
     best = pd.read_csv(out / "table_best.csv")
     assert sorted(best["estimator"]) == ["backward", "forward", "forward_rank1"]
 
