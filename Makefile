@@ -98,6 +98,8 @@ paper-mnist: setup ## the forward-gradient paper's MNIST MLP and CNN: backward v
 	$(call NEED_DATA,paper_mnist,dataset=mnist)
 	$(SWEEP) +experiment=paper_mnist hydra.sweep.dir=$(REPORTS)/paper_mnist/mlp
 	$(GRADBENCH) report $(REPORTS)/paper_mnist/mlp --target-loss 1.3
+	mkdir -p $(FIGURES) && cp $(REPORTS)/paper_mnist/mlp/train_loss.png $(FIGURES)/paper_mnist_mlp.png && \
+	  cp $(REPORTS)/paper_mnist/mlp/val_accuracy.png $(FIGURES)/paper_mnist_mlp_accuracy.png
 	$(SWEEP) +experiment=paper_mnist_cnn hydra.sweep.dir=$(REPORTS)/paper_mnist/cnn
 	$(GRADBENCH) report $(REPORTS)/paper_mnist/cnn
 	$(SWEEP) +experiment=paper_mnist_fair hydra.sweep.dir=$(REPORTS)/paper_mnist/fair

@@ -23,7 +23,9 @@ from gradbench.tangents import STRUCTURES, TangentSampler, densify
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-SHAPE = {"toynet": (3,)}  # every other model option takes a small image (1 × 8 × 8)
+# Models that are no chain of layers, with the unlabelled inputs they take (jvp route); every
+# other model option is a classifier on a small image (1 × 8 × 8) and takes the fused pass.
+UNLABELLED = {"toynet": (3,), "beale": (0,), "rosenbrock": (0,), "sphere": (0,)}
 
 
 def model_option(name: str, **overrides):
@@ -35,8 +37,8 @@ def model_option(name: str, **overrides):
     node = OmegaConf.merge(node, overrides)
     if name == "cnn_paper":  # the paper's widths, narrowed so the jvp reference stays quick
         node = OmegaConf.merge(node, {"channels": [6, 6, 6, 6], "hidden": [20]})
-    shape = SHAPE.get(name, (1, 8, 8))
-    model = instantiate(node, input_shape=shape, num_classes=None if name == "toynet" else 5)
+    shape = UNLABELLED.get(name, (1, 8, 8))
+    model = instantiate(node, input_shape=shape, num_classes=None if name in UNLABELLED else 5)
     model.initialise(torch.Generator().manual_seed(0))
     return model.double(), shape
 
@@ -47,7 +49,7 @@ def batch(shape, labelled: bool):
     return x, torch.randint(0, 5, (6,), generator=generator) if labelled else None
 
 
-CASES = [(name, {}) for name in MODELS if name != "toynet"]
+CASES = [(name, {}) for name in MODELS if name not in UNLABELLED]
 CASES += [("mlp", {"activation": act, "l2": 0.1}) for act in ACTIVATIONS]
 CASES += [("cnn", {"activation": act, "l2": 0.1, "pool_after": [1, 2]}) for act in ACTIVATIONS]
 
@@ -75,15 +77,16 @@ def test_fused_pass_equals_jvp(name, overrides, structure, count):
     assert torch.allclose(d, ref_d, rtol=0, atol=1e-12 * ref_d.abs().max().item())
 
 
-def test_a_model_without_stages_uses_jvp_and_refuses_fused():
-    model, shape = model_option("toynet")
+@pytest.mark.parametrize("name", [n for n in MODELS if n in UNLABELLED])
+def test_a_model_without_stages_uses_jvp_and_refuses_fused(name):
+    model, shape = model_option(name)
     assert not forward_mode.supports(model)
     params = {k: p.detach() for k, p in model.named_parameters()}
     x, _ = batch(shape, labelled=False)
     loss, grads = Forward(structure="rank1", generator=torch.Generator().manual_seed(0))(
         Objective(model, x, None), params)
     assert torch.isfinite(loss) and set(grads) == set(params)
-    with pytest.raises(ConfigError, match="estimator.engine=fused has no forward-mode rules for model ToyNet"):
+    with pytest.raises(ConfigError, match=f"estimator.engine=fused has no forward-mode rules for model {type(model).__name__}"):
         Forward(engine="fused").bind(model)
 
 
