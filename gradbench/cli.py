@@ -161,7 +161,7 @@ PLAIN_COMMANDS = {"report": "gradbench.report:main", "bench-report": "gradbench.
 
 def usage() -> str:
     lines = ["usage: gradbench <command> [args]", "", "commands:"]
-    lines += [f"  {name:<12} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:<13} {text}" for name, text in COMMANDS.items()]
     lines += ["", "`gradbench <command> --help` shows a command's options and config groups."]
     return "\n".join(lines)
 
