@@ -21,13 +21,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from gradbench import checkpoint
-from gradbench.data import SPLITS, Data
+from gradbench.data import Data
 from gradbench.errors import ConfigError, Interrupted, OccupiedRunDir, choose, require
 from gradbench.estimators import Estimator
 from gradbench.metrics import STEP_COLUMNS, MetricsWriter, eval_columns, write_json
 from gradbench.models import Model, Params, count_parameters
 from gradbench.plots import plot_run
 from gradbench.probes import GradientProbe
+from gradbench.sweep import record
 from gradbench.validate import validate as check_config
 from gradbench.train import Result, Signals, Step, StopRule, predict, train
 
@@ -127,7 +128,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> float:
     resume = _checkpoint_to_resume(cfg, run_dir, config)  # also refuses a dir of another config's run
     if cfg.skip_done and (done := finished_run(run_dir)):
         log.info("skipped: %s already holds a finished run of this config", run_dir)
-        record_outcome(run_dir, "skipped")
+        record(run_dir, "skipped")
         return headline(done["final"], cfg.sweep_metric)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -162,7 +163,7 @@ def train_job(cfg: DictConfig, run_dir: Path) -> float:
     _finish(cfg, config, run_dir, s, result, setup_time)
     log.info("stopped: %s after %d steps (%.3g s training, %.3g s/step mean) → %s",
              result.stop_reason, result.steps, result.train_time_s, result.mean_step_time_s, run_dir)
-    record_outcome(run_dir, "finished" if result.stop_reason not in ("diverged", "interrupted") else result.stop_reason)
+    record(run_dir, "finished" if result.stop_reason not in ("diverged", "interrupted") else result.stop_reason)
     if result.stop_reason == "interrupted":
         raise Interrupted(signals.signum or signal.SIGINT, run_dir, result.steps)
     return headline(result.final, cfg.sweep_metric)
@@ -195,13 +196,6 @@ def stored_config(run_dir: Path) -> dict | None:
         return state["config"]
     summary = read_summary(run_dir)
     return summary.get("config") if summary else None
-
-
-def record_outcome(run_dir: Path, outcome: str) -> None:
-    """In a sweep, what this job came to, for the sweep's closing tally (gradbench.sweep)."""
-    from gradbench.sweep import record
-
-    record(run_dir, outcome)
 
 
 def headline(final: dict[str, dict[str, float]], metric: str) -> float:

@@ -1,8 +1,6 @@
 """`gradbench bench` and `bench-report`: estimators timed side by side, R = step / loss
 evaluation, peak memory per step; no speed is asserted, memory (deterministic) is."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd

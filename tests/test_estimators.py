@@ -5,7 +5,6 @@ Theory (Baydin et al. 2022): for v ~ N(0, I_n) and g = (∇L·v) v,
 Every structure × law is checked for unbiasedness and its second moment in test_tangents.py.
 """
 
-import math
 
 import pytest
 import torch
