@@ -13,7 +13,6 @@ import contextlib
 import importlib
 import json
 import logging
-import math
 import os
 import shutil
 import sys
@@ -28,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from gradbench.errors import ConfigError, Interrupted, JobFailed, OccupiedRunDir
+from gradbench.job import worst
 from gradbench.metrics import write_json
 from gradbench.models.functions import sphere_forward_lr
 from gradbench.sweep import RESULT, die_with_parent, guard_sweep, in_worker, record
@@ -96,7 +96,7 @@ def run_job(job, run_dir: Path, multirun: bool):
         if not multirun:
             raise
         record_failure(run_dir, traceback.format_exc())
-    return math.nan
+    return worst()  # the sweeper's worst value: the study goes on
 
 
 def record_failure(run_dir: Path, error: str) -> None:

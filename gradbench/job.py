@@ -199,12 +199,25 @@ def stored_config(run_dir: Path) -> dict | None:
 
 
 def headline(final: dict[str, dict[str, float]], metric: str) -> float:
-    """The final `<split>_<metric>` a sweeper optimises; train_<metric> if the split is empty."""
+    """The final `<split>_<metric>` a sweeper optimises; train_<metric> if the split is empty.
+    A run without a finite value (diverged) gives the sweeper its worst value (`worst`)."""
     split, _, name = metric.partition("_")
     for source in (split, "train"):
-        if name in final.get(source, {}):
-            return final[source][name]
-    return math.nan
+        value = final.get(source, {}).get(name)
+        if value is not None and math.isfinite(value):
+            return value
+    return worst()
+
+
+def worst() -> float:
+    """What a diverged or failed job returns to a sweeper: +inf where it minimises, −inf where
+    it maximises (Optuna's `hydra.sweeper.direction`). Optuna records such a trial as complete
+    and worst, and the study goes on; NaN would fail the trial and abort the study."""
+    from hydra.core.hydra_config import HydraConfig
+
+    direction = HydraConfig.get().sweeper.get("direction", "minimize")
+    direction = direction[0] if isinstance(direction, (list, tuple)) or OmegaConf.is_list(direction) else direction
+    return -math.inf if str(direction).lower().endswith("maximize") else math.inf
 
 
 def _overrides() -> list[str]:

@@ -1,5 +1,7 @@
 """Sweeps through Hydra's own launchers: joblib (local parallel) and submitit (local form)."""
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -22,3 +24,20 @@ def test_launcher_sweep_completes_records_failures_and_is_reported(runner, launc
     table = pd.read_csv(out / "table.csv").set_index("optimizer.lr")
     assert table.loc[0.1, "n"] == 2 and table.loc[0.1, "failed"] == 0
     assert table.loc[-1.0, "failed"] == 2  # lr = -1: a ConfigError in each job, the sweep went on
+
+
+def test_an_optuna_search_with_diverging_trials_runs_every_trial(runner):
+    """Diverged trials return the sweeper's worst value (+inf when minimising), not NaN: Optuna
+    records them as complete, the study runs all its trials, exit 0, and the report counts them."""
+    out = runner.cwd / "search"
+    result = runner.subprocess("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=6",
+                               "hydra.sweeper.sampler.seed=1", "optimizer.lr=tag(log, interval(1e-3, 1e3))", "threads=1", "max_steps=100",
+                               "plot=false", f"hydra.sweep.dir={out}", check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    stops = [json.loads(p.read_text())["stop_reason"] for p in out.glob("*/summary.json")]
+    assert len(stops) == 6 and "diverged" in stops and "max_steps" in stops
+    with pytest.raises(SystemExit) as exit_info:
+        main(["report", str(out), "--no-plots"])
+    assert exit_info.value.code == 0
+    table = pd.read_csv(out / "table.csv")
+    assert (table["stops"].str.contains("diverged")).sum() == stops.count("diverged")
