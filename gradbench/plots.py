@@ -54,5 +54,9 @@ def plot_run(run_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
+    if not sys.argv[1:]:
+        print("usage: python -m gradbench.plots RUN_DIR [RUN_DIR ...]  (redraws a run's plots from its metrics.csv)",
+              file=sys.stderr)
+        sys.exit(2)
     for arg in sys.argv[1:]:
         print("\n".join(str(p) for p in plot_run(Path(arg))))

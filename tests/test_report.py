@@ -221,3 +221,13 @@ def test_cli_dispatch_and_bad_input(logreg, tmp_path, capsys):
     assert main([str(tmp_path / "missing")]) == 2
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 1
+
+
+def test_single_runs_of_one_config_with_reordered_overrides_form_one_group(runner, capsys):
+    """Groups are the sorted override keys minus the seed and result-neutral keys (threads, plot):
+    the order on the command line, or a different thread count, makes no other group."""
+    runner("train", "model=logreg", "max_steps=5", "seed=0", *FAST)
+    runner("train", "max_steps=5", "threads=1", "seed=1", "model=logreg", *FAST)
+    assert main([str(runner.cwd / "outputs" / "runs"), "--no-plots"]) == 0
+    table = pd.read_csv(runner.cwd / "outputs" / "runs" / "table.csv")
+    assert table["n"].tolist() == [2]

@@ -209,3 +209,11 @@ def test_shell_completion_as_hydra_provides_it(runner):
     # what the installed script asks: the whole line, command word included
     options = runner.subprocess("-sc", "query=bash", env={"COMP_LINE": "gradbench train model="}).stdout.split()
     assert {"model=logreg", "model=mlp", "model=cnn"} <= set(options)
+
+
+def test_the_plots_module_without_a_run_dir_prints_its_usage():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "gradbench.plots"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("usage: python -m gradbench.plots RUN_DIR")
