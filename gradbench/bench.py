@@ -40,7 +40,7 @@ from torch.profiler import ProfilerActivity, profile
 from gradbench.check import catalogue
 from gradbench.data import batches
 from gradbench.errors import require
-from gradbench.job import build, setup, stream
+from gradbench.job import build, setup, stream, validate
 from gradbench.models import Objective, count_parameters
 from gradbench.train import Step, synchroniser
 
@@ -50,6 +50,7 @@ COLUMNS = ["estimator", "batch_size", "device", "threads", "num_params", "layers
 
 def bench_job(cfg: DictConfig, run_dir: Path) -> None:
     """Time every estimator of `cfg.bench` into `run_dir/bench.csv` and print the table."""
+    validate(cfg)
     b = cfg.bench
     require(len(b.estimators) >= 1, "bench.estimators", "must name at least one estimator", list(b.estimators))
     require(b.rounds >= 1 and b.steps >= 1, "bench.rounds/steps", "must be >= 1", (b.rounds, b.steps))

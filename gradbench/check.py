@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradbench.data import batches
 from gradbench.errors import ConfigError, JobFailed, require
 from gradbench.estimators import Estimator, Forward
-from gradbench.job import build, setup, stream
+from gradbench.job import build, setup, stream, validate
 from gradbench.metrics import write_json
 from gradbench.models import Objective, Params, count_parameters
 from gradbench.probes import compare
@@ -138,6 +138,7 @@ def _validate(cfg: DictConfig) -> tuple[int | None, list[int]]:
 
 def check_job(cfg: DictConfig, run_dir: Path) -> float:
     """Run the check into `run_dir`; returns the worst deterministic relative error."""
+    validate(cfg)
     batch_size, samples = _validate(cfg)
     cfg = OmegaConf.merge(cfg, {"dtype": "float64"})
     torch.use_deterministic_algorithms(cfg.deterministic)

@@ -93,8 +93,8 @@ class Setup:
 
 
 def setup(cfg: DictConfig) -> Setup:
-    """Data on the device, then the model and its initial parameters (seeded streams)."""
-    validate(cfg)
+    """Data on the device, then the model and its initial parameters (seeded streams); the
+    command has validated `cfg` first."""
     device = resolve_device(cfg.device)
     dtype = DTYPES[cfg.dtype]
     data = build(cfg.dataset, "dataset", generator=stream(cfg.seed, "data")).to(device, dtype)
