@@ -86,8 +86,8 @@ def sphere_table(runs: list[Run]) -> list[dict]:
     for n in sorted({r.summary["config"]["model"]["dim"] for r in runs}):
         group = [r for r in runs if r.summary["config"]["model"]["dim"] == n]
         reached = [r.summary["steps"] for r in group if r.summary["stop_reason"] == "threshold"]
-        config = group[0].summary["config"]
-        eps, f0 = config["stop_below"], n * float(config["model"]["start"]) ** 2
+        model = model_of(group[0])
+        eps, f0 = group[0].summary["config"]["stop_below"], model.f(model.start).item()
         theory = math.log(f0 / eps) / -math.log(1 - 1 / (n + 2))
         mean, ci, count = mean_ci(reached)
         rows.append({"n": n, "runs": len(group), "reached": count, "steps": mean, "ci": ci, "theory": theory})

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gradbench.data import SPLITS
 from gradbench.errors import ConfigError, require
+from gradbench.models import INIT_LAWS
 
 GROUPS = ("dataset", "model", "estimator", "optimizer", "schedule")
 SKIP = ("hydra", "check", "bench", "reference")  # checked by their own commands, or free-form
@@ -67,7 +68,7 @@ RULES: dict[str, Rule] = {
     "model.hidden": (lambda v, c: all(h >= 1 for h in v), "must be a list of positive sizes"),
     "model.channels": (lambda v, c: len(v) >= 1 and all(h >= 1 for h in v), "must be a non-empty list of positive channel counts"),
     "model.l2": (lambda v, c: v >= 0, "must be >= 0"),
-    "model.init.law": (lambda v, c: v in ("default", "uniform", "normal"), "must be one of default | uniform | normal"),
+    "model.init.law": (lambda v, c: v in INIT_LAWS, f"must be one of {' | '.join(INIT_LAWS)}"),
     "model.init.std": (lambda v, c: v > 0, "must be > 0"),
     "model.init.b": (lambda v, c: c.model.init.get("law") != "uniform" or v > c.model.init.get("a", -1.0),
                      "must be > model.init.a for the uniform law"),
