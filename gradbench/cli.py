@@ -32,8 +32,20 @@ from gradbench.metrics import write_json
 from gradbench.models.functions import sphere_forward_lr
 from gradbench.sweep import RESULT, die_with_parent, guard_sweep, in_worker, record
 
-# The repository's conf/ (the package is installed editable); absolute, so any cwd works.
-CONF = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def config_dir() -> str:
+    """The packaged configs: gradbench/conf/ in an installed wheel (pyproject.toml maps conf/
+    there), else the source tree's conf/ (an editable install). Absolute, so any cwd works;
+    `--config-dir DIR` adds a user's own options on top (Hydra's flag)."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"gradbench's configs are missing: neither {package / 'conf'} nor {package.parent / 'conf'} exists")
+
+
+CONF = config_dir()
 # conf/protocol/functions_sphere.yaml: lr = the forward gradient's best step on the sphere
 OmegaConf.register_new_resolver("forward_gradient_sphere_lr", sphere_forward_lr, replace=True)
 
@@ -159,6 +171,27 @@ PLAIN_COMMANDS = {"report": "gradbench.report:main", "bench-report": "gradbench.
                   "eval": "gradbench.evaluate:main", "functions": "gradbench.functions_report:main"}  # argparse commands: function(argv)
 
 
+def complete_command(argv: list[str]) -> bool:
+    """Tab completion (`eval "$(gradbench -sc install=bash)"`): Hydra's script calls
+    `gradbench -sc query=bash` with the line in COMP_LINE. The command word completes to the
+    commands; a Hydra command's overrides are Hydra's to complete, once the command word is out
+    of the line (True: go on to Hydra); a plain command's arguments are the shell's (file names)."""
+    line = os.environ.get("COMP_LINE")
+    if line is None or not any(a.startswith("query=") for a in argv):
+        return True  # install / uninstall: Hydra writes the script
+    point = int(os.environ.get("COMP_POINT", len(line)))
+    words = line[:point].split(" ")
+    if len(words) <= 2:  # still typing the command; the shell filters by what is typed
+        print("\n".join(COMMANDS))
+        return False
+    if words[1] not in HYDRA_COMMANDS:
+        return False  # no choices: the shell completes file names (`gradbench report outputs/<TAB>`)
+    cut = len(words[0]) + 1 + len(words[1])
+    os.environ["COMP_LINE"] = line[:len(words[0])] + line[cut:]
+    os.environ["COMP_POINT"] = str(point - len(words[1]) - 1)
+    return True
+
+
 def usage() -> str:
     lines = ["usage: gradbench <command> [args]", "", "commands:"]
     lines += [f"  {name:<13} {text}" for name, text in COMMANDS.items()]
@@ -172,11 +205,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     program = os.path.basename(sys.argv[0]) or "gradbench"
     if argv and argv[0] in ("-sc", "--shell-completion"):
-        # The completion script Hydra installs calls `gradbench -sc query=bash` with the
-        # whole line in COMP_LINE: drop the command word so Hydra sees only overrides.
-        words = os.environ.get("COMP_LINE", "").split(" ")
-        if len(words) > 1 and words[1] in HYDRA_COMMANDS:
-            os.environ["COMP_LINE"] = " ".join(words[:1] + words[2:])
+        if not complete_command(argv):
+            return
         argv = ["train", *argv]
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())

@@ -137,13 +137,23 @@ class Tally(Callback):
 
 class OutputDir(Callback):
     """Creates the run (or sweep) dir before Hydra does, so a dir that cannot be created (no
-    permission, a name too long, a full disk) ends the command with one line, exit status 2."""
+    permission, a name too long, a full disk) ends the command with one line, exit status 2;
+    a sweep's launcher that cannot run here (SLURM's without SLURM) too, before the dir."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         _make(config.hydra.run.dir)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        _check_launcher(config)
         _make(config.hydra.sweep.dir)
+
+
+def _check_launcher(config: DictConfig) -> None:
+    """The SLURM launcher submits with `srun`/`sbatch`: without them, one line before any dir."""
+    if str(config.hydra.launcher.get("_target_", "")).endswith(".SlurmLauncher") and shutil.which("srun") is None:
+        print("gradbench: error: hydra/launcher=slurm needs SLURM (srun is not on PATH): run the sweep on the "
+              "cluster, or pick hydra/launcher=parallel (this machine) or submitit_local", file=sys.stderr)
+        sys.exit(2)
 
 
 def _make(path: str) -> None:

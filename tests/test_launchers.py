@@ -41,3 +41,14 @@ def test_an_optuna_search_with_diverging_trials_runs_every_trial(runner):
     assert exit_info.value.code == 0
     table = pd.read_csv(out / "table.csv")
     assert (table["stops"].str.contains("diverged")).sum() == stops.count("diverged")
+
+
+def test_the_slurm_launcher_without_slurm_is_one_line_before_any_dir(runner):
+    out = runner.cwd / "sweep"
+    result = runner.subprocess("train", "-m", "hydra/launcher=slurm", "max_steps=2", f"hydra.sweep.dir={out}",
+                               check=False, env={"PATH": "/nonexistent"})  # no srun; the script's shebang names python
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "gradbench: error: hydra/launcher=slurm needs SLURM (srun is not on PATH): run the sweep on the cluster, "
+        "or pick hydra/launcher=parallel (this machine) or submitit_local"]
+    assert not out.exists()

@@ -207,8 +207,15 @@ def test_shell_completion_as_hydra_provides_it(runner):
     script = runner.subprocess("train", "--shell-completion", "install=bash").stdout
     assert "complete -o nospace -o default -F hydra_bash_completion gradbench" in script
     # what the installed script asks: the whole line, command word included
-    options = runner.subprocess("-sc", "query=bash", env={"COMP_LINE": "gradbench train model="}).stdout.split()
-    assert {"model=logreg", "model=mlp", "model=cnn"} <= set(options)
+    def complete(line: str) -> list[str]:
+        result = runner.subprocess("-sc", "query=bash", env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
+        assert result.stderr == ""
+        return result.stdout.split()
+
+    assert {"model=logreg", "model=mlp", "model=cnn"} <= set(complete("gradbench train model="))
+    assert {"estimator=", "estimator."} <= set(complete("gradbench bench model=logreg est"))
+    assert {"train", "report", "bench-report"} <= set(complete("gradbench re"))  # the shell keeps report*
+    assert complete("gradbench report outputs/") == []  # no choices: the shell completes the path
 
 
 def test_the_plots_module_without_a_run_dir_prints_its_usage():
