@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow test-all clean reports bench test-functions fwd-vs-bwd paper-mnist five-models toy-backprop gd-vs-nag cifar-search depth
+.PHONY: help setup run test test-slow test-all clean reports bench threads test-functions fwd-vs-bwd paper-mnist five-models toy-backprop gd-vs-nag cifar-search depth
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,7 +49,7 @@ NEED_DATA  = $(GRADBENCH) data hydra.run.dir=$(REPORTS)/$(1)/data $(2)
 # The development machines keep real MNIST in ../shared/data; elsewhere the data root is
 # $$GRADBENCH_DATA or gradbench's default (~/.cache/gradbench), where torchvision downloads it.
 # Only the targets that train or time on real data look there; `make test` never does.
-bench reports fwd-vs-bwd paper-mnist five-models cifar-search depth: \
+bench threads reports fwd-vs-bwd paper-mnist five-models cifar-search depth: \
   export GRADBENCH_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data))
 
 # The README's images live in outputs/figures/ (kept in git); the targets regenerate them.
@@ -69,6 +69,16 @@ bench: setup ## speed and peak memory per step of every estimator (paper MLP/CNN
 	  cp $(BENCH)/scaling_depth/scaling_layers.png $(FIGURES)/bench_depth.png; \
 	else echo "MNIST not in the data root: only the penguins benchmark ran (\`gradbench data dataset=mnist\` says why)"; fi
 	$(GRADBENCH) bench-report $(BENCH)
+
+# README "Threads": each workload at 1 thread and at torch's default (all cores), idle and beside
+# one CPU-bound process; `bench-report --threads` tabulates them with what `threads=auto` picks.
+THREADS := $(REPORTS)/threads
+threads: setup ## step time at 1 thread vs all cores, idle vs loaded, per README workload (~20 min) → outputs/reports/threads/
+	$(call NEED_DATA,threads,dataset=mnist)
+	for load in 0 1; do for b in penguins_logreg penguins_mlp paper_mlp mnist_cnn paper_cnn; do \
+	  $(GRADBENCH) bench +benchmark=$$b threads=null 'bench.threads=[1,null]' bench.load=$$load \
+	    hydra.run.dir=$(THREADS)/$$b/load$$load $(ARGS) || exit 1; done; done
+	$(GRADBENCH) bench-report $(THREADS) --threads
 
 TF := $(REPORTS)/test_functions
 test-functions: setup ## report 000 / the paper: Beale and Rosenbrock paths, the sphere's slowdown with dimension (~3 min)

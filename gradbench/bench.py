@@ -37,14 +37,16 @@ import torch
 from omegaconf import DictConfig
 from torch.profiler import ProfilerActivity, profile
 
+from gradbench import threads
 from gradbench.check import catalogue
 from gradbench.data import batches
 from gradbench.errors import require
 from gradbench.job import build, setup, stream, validate
 from gradbench.models import Objective, count_parameters
+from gradbench.threads import background_load
 from gradbench.train import Step, synchroniser
 
-COLUMNS = ["estimator", "batch_size", "device", "threads", "num_params", "layers", "loss_eval_s", "median_step_s",
+COLUMNS = ["estimator", "batch_size", "device", "threads", "load", "auto_threads", "forward_flops", "num_params", "layers", "loss_eval_s", "median_step_s",
            "iqr_step_s", "R", "paper_R", "ratio", "peak_memory_mb"]
 
 
@@ -54,35 +56,64 @@ def bench_job(cfg: DictConfig, run_dir: Path) -> None:
     b = cfg.bench
     require(len(b.estimators) >= 1, "bench.estimators", "must name at least one estimator", list(b.estimators))
     require(b.rounds >= 1 and b.steps >= 1, "bench.rounds/steps", "must be >= 1", (b.rounds, b.steps))
+    require(len(b.threads) >= 1 and all(t is None or t == "auto" or (isinstance(t, int) and t >= 1) for t in b.threads),
+            "bench.threads", "must be a non-empty list of thread counts, auto or null", list(b.threads))
+    require(isinstance(b.load, int) and b.load >= 0, "bench.load", "must be an integer >= 0", b.load)
     options = catalogue(cfg, b.extra)  # every estimator option (the selected one with the run's overrides)
     unknown = [name for name in b.estimators if name not in options]
     require(not unknown, "bench.estimators", f"must be options of conf/estimator or bench.extra ({' | '.join(options)})", unknown)
     nodes = {name: options[name] for name in b.estimators}
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     s = setup(cfg)
     n = len(s.data.train)
     for size in b.batch_sizes or [cfg.batch_size]:
         require(size is None or 1 <= size <= n, "bench.batch_sizes", f"must be in 1..{n} or null", size)
     start = {k: p.clone() for k, p in s.params.items()}
-    sync = synchroniser(s.device)
     layers = sum(p.dim() >= 2 for p in s.params.values())  # weight matrices and kernels
-    fixed = {"device": str(s.device), "threads": torch.get_num_threads(), "num_params": count_parameters(s.params), "layers": layers}
+    fixed = {"device": str(s.device), "num_params": count_parameters(s.params), "layers": layers}
     rows = []
-    for size in b.batch_sizes or [cfg.batch_size]:
-        batch = s.data.train.take(next(batches(n, size or n, stream(cfg.seed, "batches"), s.device)))
-        objective = Objective(s.model, batch.x, batch.y)
-        steps, memory = {}, {}
-        for name, node in nodes.items():
-            _reset(s.params, start)
-            estimator = build(node, "estimator", generator=stream(cfg.seed, "tangents", s.device))
-            estimator.bind(s.model)
-            optimizer = build(cfg.optimizer, "optimizer", params=list(s.params.values()))
-            steps[name] = Step(estimator, optimizer, build(cfg.schedule, "schedule", optimizer=optimizer))
-            memory[name] = peak_memory_mb(lambda: steps[name](objective, s.params), s.device)  # the warm-up
-        times: dict[str, list[float]] = {name: [] for name in ["loss", *steps]}
-        for _ in range(b.rounds):
-            for name, step in [("loss", None), *steps.items()]:
+    with background_load(b.load):
+        for size in b.batch_sizes or [cfg.batch_size]:
+            batch = s.data.train.take(next(batches(n, size or n, stream(cfg.seed, "batches"), s.device)))
+            objective = Objective(s.model, batch.x, batch.y)
+            flops = threads.forward_flops(lambda: objective.loss(s.params))
+            thread_counts = list(dict.fromkeys(  # bench.threads: null = the run's `threads` setting
+                threads.choose(cfg.threads if t is None else t, s.device, lambda: flops) for t in b.threads))
+            rows += _time_batch(cfg, s, nodes, start, objective, thread_counts,
+                                {**fixed, "batch_size": size or n, "forward_flops": flops, "load": b.load,
+                                 "auto_threads": threads.choose("auto", s.device, lambda: flops)})
+    _reset(s.params, start)
+    with open(run_dir / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    counts = ", ".join(str(t) for t in dict.fromkeys(r["threads"] for r in rows))
+    print(f"{s.device}, {counts} thread(s), {b.load} background CPU-bound process(es), {b.rounds} rounds × "
+          f"{b.steps} steps each; R = step / loss evaluation (the paper's R_f, R_b); ratio = median / "
+          f"{b.estimators[0]}'s median (same batch and threads); peak memory = {MEMORY_METHOD[s.device.type == 'cuda']}")
+    print(format_table(rows))
+    print(f"→ {run_dir / 'bench.csv'}")
+
+
+def _time_batch(cfg: DictConfig, s, nodes: dict, start: dict, objective: Objective, thread_counts: list[int],
+                fixed: dict) -> list[dict]:
+    """One batch: every estimator (and the plain loss) at every thread count, interleaved in
+    each round, so load drift hits them all alike."""
+    b = cfg.bench
+    sync = synchroniser(s.device)
+    steps, memory = {}, {}
+    torch.set_num_threads(thread_counts[0])
+    for name, node in nodes.items():
+        _reset(s.params, start)
+        estimator = build(node, "estimator", generator=stream(cfg.seed, "tangents", s.device))
+        estimator.bind(s.model)
+        optimizer = build(cfg.optimizer, "optimizer", params=list(s.params.values()))
+        steps[name] = Step(estimator, optimizer, build(cfg.schedule, "schedule", optimizer=optimizer))
+        memory[name] = peak_memory_mb(lambda: steps[name](objective, s.params), s.device)  # the warm-up
+    times: dict[tuple, list[float]] = {(name, t): [] for t in thread_counts for name in ["loss", *steps]}
+    for _ in range(b.rounds):
+        for name, step in [("loss", None), *steps.items()]:
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
                 _reset(s.params, start)
                 for _ in range(b.steps):
                     sync()
@@ -93,26 +124,20 @@ def bench_job(cfg: DictConfig, run_dir: Path) -> None:
                     else:
                         step(objective, s.params)
                     sync()
-                    times[name].append(time.perf_counter() - t0)
-        loss_eval = statistics.median(times.pop("loss"))
-        base = statistics.median(times[next(iter(times))])
-        for name, values in times.items():
+                    times[name, threads].append(time.perf_counter() - t0)
+    rows = []
+    for threads in thread_counts:
+        loss_eval = statistics.median(times.pop(("loss", threads)))
+        base = statistics.median(times[next(iter(steps)), threads])
+        for name in steps:
+            values = times[name, threads]
             q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
             median = statistics.median(values)
-            rows.append({"estimator": name, "batch_size": size or n, **fixed, "loss_eval_s": loss_eval,
+            rows.append({"estimator": name, **fixed, "threads": threads, "loss_eval_s": loss_eval,
                          "median_step_s": median, "iqr_step_s": q3 - q1, "R": median / loss_eval,
                          "paper_R": b.paper_R.get(name), "ratio": median / base,
                          "peak_memory_mb": memory[name]})
-    _reset(s.params, start)
-    with open(run_dir / "bench.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"{s.device}, {fixed['threads']} threads, {b.rounds} rounds × {b.steps} steps each; "
-          f"R = step / loss evaluation (the paper's R_f, R_b); ratio = median / {b.estimators[0]}'s median; "
-          f"peak memory = {MEMORY_METHOD[s.device.type == 'cuda']}")
-    print(format_table(rows))
-    print(f"→ {run_dir / 'bench.csv'}")
+    return rows
 
 
 MEMORY_METHOD = {True: "CUDA max_memory_allocated over the first step, above what was resident",

@@ -20,12 +20,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gradbench import checkpoint
+from gradbench import checkpoint, threads
 from gradbench.data import Data
 from gradbench.errors import ConfigError, Interrupted, OccupiedRunDir, choose, require
 from gradbench.estimators import Estimator
 from gradbench.metrics import STEP_COLUMNS, MetricsWriter, eval_columns, write_json
-from gradbench.models import Model, Params, count_parameters
+from gradbench.models import Model, Objective, Params, count_parameters
 from gradbench.plots import plot_run
 from gradbench.probes import GradientProbe
 from gradbench.sweep import record
@@ -109,6 +109,15 @@ def setup(cfg: DictConfig) -> Setup:
     return Setup(device, data, model, params)
 
 
+def step_flops(s: Setup, batch_size: int | None) -> int:
+    """Forward FLOPs of one training batch (one example's, times the batch size)."""
+    n = len(s.data.train)
+    if n == 0:
+        return 0
+    one = s.data.train.take(slice(0, 1))
+    return threads.forward_flops(lambda: Objective(s.model, one.x, one.y).loss(s.params)) * min(batch_size or n, n)
+
+
 def data_job(cfg: DictConfig, run_dir: Path) -> None:
     """Load (download, preprocess, cache) the configured dataset and print its splits."""
     validate(cfg)
@@ -130,10 +139,9 @@ def train_job(cfg: DictConfig, run_dir: Path) -> float:
         log.info("skipped: %s already holds a finished run of this config", run_dir)
         record(run_dir, "skipped")
         return headline(done["final"], cfg.sweep_metric)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(cfg.deterministic)
     s = setup(cfg)
+    torch.set_num_threads(threads.choose(cfg.threads, s.device, lambda: step_flops(s, cfg.batch_size)))
     estimator: Estimator = build(cfg.estimator, "estimator", generator=stream(cfg.seed, "tangents", s.device))
     estimator.bind(s.model)  # an estimator that cannot handle this model refuses before any step
     optimizer = build(cfg.optimizer, "optimizer", params=list(s.params.values()))

@@ -44,7 +44,7 @@ def _sweep_metric(v, cfg) -> bool:
 Rule = tuple[Callable[[Any, DictConfig], bool], str]
 RULES: dict[str, Rule] = {
     "seed": (lambda v, c: is_int(v), "must be an integer"),
-    "threads": (positive_or_null, "must be a positive integer or null"),
+    "threads": (lambda v, c: v == "auto" or positive_or_null(v, c), "must be auto, a positive integer or null"),
     "batch_size": (positive_or_null, "must be a positive integer or null"),
     "max_steps": (positive_or_null, "must be a positive integer or null"),
     "max_epochs": (positive_or_null, "must be a positive integer or null"),
@@ -80,7 +80,7 @@ RULES: dict[str, Rule] = {
     "dataset.val_fraction": (lambda v, c: 0 <= v < 1, "must be in [0, 1)"),
     "dataset.test_fraction": (lambda v, c: 0 <= v < 1, "must be in [0, 1)"),
 }
-TYPED_BY_RULE = ("dataset.val_size",)  # an int or a float: its rule says which
+TYPED_BY_RULE = ("dataset.val_size", "threads")  # more than one type: the rule says which
 TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
 
