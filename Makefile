@@ -40,7 +40,7 @@ clean: ## remove outputs/ (runs and reports); keeps .venv
 # ---- one target per report table: sweep into outputs/reports/<name>/, then `gradbench report` ----
 # Re-running a target skips the jobs already finished (skip_done=true); `make clean` starts afresh.
 # Pass extra overrides to every sweep with ARGS, e.g. `make gd-vs-nag ARGS="device=cuda"`,
-# or run sweeps in parallel with ARGS="hydra/launcher=parallel threads=1".
+# or run sweeps in parallel with ARGS="hydra/launcher=parallel" (threads: auto, README "Threads").
 GRADBENCH := $(BIN)/gradbench
 REPORTS   := outputs/reports
 SWEEP      = $(GRADBENCH) train -m skip_done=true $(ARGS)

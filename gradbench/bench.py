@@ -70,18 +70,21 @@ def bench_job(cfg: DictConfig, run_dir: Path) -> None:
     start = {k: p.clone() for k, p in s.params.items()}
     layers = sum(p.dim() >= 2 for p in s.params.values())  # weight matrices and kernels
     fixed = {"device": str(s.device), "num_params": count_parameters(s.params), "layers": layers}
-    rows = []
-    with background_load(b.load):
-        for size in b.batch_sizes or [cfg.batch_size]:
-            batch = s.data.train.take(next(batches(n, size or n, stream(cfg.seed, "batches"), s.device)))
-            objective = Objective(s.model, batch.x, batch.y)
-            flops = threads.forward_flops(lambda: objective.loss(s.params))
-            thread_counts = list(dict.fromkeys(  # bench.threads: null = the run's `threads` setting
-                threads.choose(cfg.threads if t is None else t, s.device, lambda: flops) for t in b.threads))
-            rows += _time_batch(cfg, s, nodes, start, objective, thread_counts,
-                                {**fixed, "batch_size": size or n, "forward_flops": flops, "load": b.load,
-                                 "auto_threads": threads.choose("auto", s.device, lambda: flops)})
-    _reset(s.params, start)
+    rows, previous = [], torch.get_num_threads()
+    try:
+        with background_load(b.load):
+            for size in b.batch_sizes or [cfg.batch_size]:
+                batch = s.data.train.take(next(batches(n, size or n, stream(cfg.seed, "batches"), s.device)))
+                objective = Objective(s.model, batch.x, batch.y)
+                flops = threads.forward_flops(lambda: objective.loss(s.params))
+                thread_counts = list(dict.fromkeys(  # bench.threads: null = the run's `threads` setting
+                    threads.choose(cfg.threads if t is None else t, s.device, lambda: flops) for t in b.threads))
+                rows += _time_batch(cfg, s, nodes, start, objective, thread_counts,
+                                    {**fixed, "batch_size": size or n, "forward_flops": flops, "load": b.load,
+                                     "auto_threads": threads.choose("auto", s.device, lambda: flops)})
+    finally:
+        _reset(s.params, start)
+        torch.set_num_threads(previous)
     with open(run_dir / "bench.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()

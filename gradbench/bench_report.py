@@ -1,5 +1,5 @@
-"""`gradbench bench-report DIR [--x KEY] [--out OUT]`: every bench.csv under DIR as one table,
-and scaling curves.
+"""`gradbench bench-report DIR [--x KEY] [--threads] [--out OUT]`: every bench.csv under DIR as
+one table, and scaling curves or the thread-count table.
 
     gradbench bench -m +benchmark=scaling_depth hydra.sweep.dir=outputs/bench/depth
     gradbench bench-report outputs/bench/depth --x layers
@@ -7,7 +7,10 @@ and scaling curves.
 Writes OUT/bench.md (all rows, grouped by the run they came from) and, with `--x`, OUT/scaling_<x>.png:
 median step time (bars: interquartile range) and peak memory per step against `x`
 (batch_size, num_params or layers), one line per estimator, log-log. A pure function of the
-bench.csv files, so any set of bench runs can be re-plotted later.
+bench.csv files, so any set of bench runs can be re-plotted later. `--threads` (after `make
+threads`: each workload timed at several thread counts, `bench.load` 0 and 1) writes
+OUT/threads.md: step time per thread count with and without the background process, the count
+`threads=auto` picks, and its time over the best count's at each load.
 """
 
 from __future__ import annotations
@@ -51,6 +54,31 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def threads_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per workload (the run folder above load<N>/), batch size and estimator: the median
+    step time (ms) at each load and thread count, auto's pick, and auto / best at each load."""
+    frame = frame.assign(workload=[str(Path(r).parent) if Path(r).name.startswith("load") else r for r in frame["run"]])
+    keys = ["workload", "batch_size", "forward_flops", "estimator", "auto_threads"]
+    rows = []
+    for key, part in frame.groupby(keys, sort=False):
+        row = dict(zip(keys, key))
+        for load, at in part.groupby("load"):
+            times = at.groupby("threads")["median_step_s"].median()
+            row.update({f"load {load}, {t} thr (ms)": v * 1e3 for t, v in times.items()})
+            row[f"load {load}: auto / best"] = times.get(row["auto_threads"], float("nan")) / times.min()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def threads_markdown(table: pd.DataFrame) -> str:
+    cell = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    worst = table[[c for c in table.columns if c.endswith("auto / best")]].max()
+    lines += ["", "worst auto / best: " + ", ".join(f"{c.split(':')[0]} {v:.2f}" for c, v in worst.items())]
+    return "\n".join(lines) + "\n"
+
+
 def plot(frame: pd.DataFrame, x: str, path: Path) -> None:
     """Step time and peak memory against `x`, one line per estimator (the median over rows that
     share estimator and x, which only happens when runs repeat a setting)."""
@@ -80,6 +108,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gradbench bench-report", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path, help="a bench run dir or a sweep of them")
     parser.add_argument("--x", choices=list(AXES), help="draw step time and memory against this column")
+    parser.add_argument("--threads", action="store_true",
+                        help="also threads.md: step time per thread count and load, and what threads=auto picks")
     parser.add_argument("--out", type=Path, help="where bench.md and the plot go (default: DIR)")
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
@@ -95,6 +125,10 @@ def main(argv: list[str]) -> int:
             parser.error(f"--x {args.x}: the runs under {args.dir} do not vary it (one value: {frame[args.x].iloc[0]})")
         plot(frame, args.x, out / f"scaling_{args.x}.png")
         print(f"→ {out / f'scaling_{args.x}.png'}")
+    if args.threads:
+        text = threads_markdown(threads_table(frame))
+        (out / "threads.md").write_text(text)
+        print(text + f"→ {out / 'threads.md'}")
     print(f"→ {out / 'bench.md'}")
     return 0
 

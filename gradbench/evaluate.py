@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from gradbench.data import SPLITS
+from gradbench.columns import SPLITS
 from gradbench.errors import ConfigError
 from gradbench.job import DTYPES, resolve_device, stream
 from gradbench.train import evaluate, predict
@@ -85,9 +85,11 @@ def evaluate_run(run_dir: Path, split: str, predictions: bool, device: str | Non
     if data.num_classes and chosen.y is not None:
         outputs = predict(model, params, chosen.x, config.eval_chunk)
         confusion = model.confusion(outputs, chosen.y)
-        print("  confusion (rows: true class, columns: predicted):")
-        for row in confusion.tolist():
-            print("   " + " ".join(f"{v:>6d}" for v in row))
+        names = [data.class_name(k) for k in range(data.num_classes)]
+        width = max(map(len, names))
+        print(f"  confusion (rows: true class, columns: predicted, in this order: {', '.join(names)}):")
+        for name, row in zip(names, confusion.tolist()):
+            print(f"   {name:>{width}} |" + " ".join(f"{v:>6d}" for v in row))
         if predictions:
             path = run_dir / f"predictions_{split}.csv"
             header = ["index", "label", "prediction", *(f"logit_{k}" for k in range(outputs.shape[1]))]

@@ -24,7 +24,8 @@ from gradbench import checkpoint, threads
 from gradbench.data import Data
 from gradbench.errors import ConfigError, Interrupted, OccupiedRunDir, choose, require
 from gradbench.estimators import Estimator
-from gradbench.metrics import STEP_COLUMNS, MetricsWriter, eval_columns, write_json
+from gradbench.columns import STEP_COLUMNS, eval_columns
+from gradbench.metrics import MetricsWriter, write_json
 from gradbench.models import Model, Objective, Params, count_parameters
 from gradbench.plots import plot_run
 from gradbench.probes import GradientProbe
@@ -274,12 +275,14 @@ def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Resu
 
     outputs = ["metrics.csv", checkpoint.FILE] if result.steps else []
     if cfg.save_model:
+        # everything to rebuild and evaluate the model on raw inputs (README, "What a run writes")
         torch.save({"state_dict": s.model.state_dict(), "model": OmegaConf.to_container(cfg.model),
-                    "input_shape": list(s.data.input_shape), "num_classes": s.data.num_classes},
-                   run_dir / "model.pt")
+                    "config": config, "dtype": cfg.dtype, "input_shape": list(s.data.input_shape),
+                    "num_classes": s.data.num_classes, "class_names": s.data.class_names,
+                    "preprocessing": s.data.preprocessing}, run_dir / "model.pt")
         outputs.append("model.pt")
     if cfg.plot and result.steps:
-        outputs += [p.name for p in plot_run(run_dir)]
+        outputs += [p.name for p in plot_run(run_dir, result.initial)]
     summary = {
         "stop_reason": result.stop_reason,
         "steps": result.steps,
@@ -301,6 +304,7 @@ def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Resu
         "outputs": outputs,
         "initial": result.initial,
         "final": result.final,
+        "class_names": s.data.class_names,
     }
     if error:
         summary["error"] = error

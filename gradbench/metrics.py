@@ -13,13 +13,6 @@ from typing import Callable
 
 import pandas as pd
 
-STEP_COLUMNS = ["step", "epoch", "batch_loss", "lr", "step_time_s", "train_time_s", "wall_time_s"]
-
-
-def eval_columns(splits: list[str], metric_names: tuple[str, ...]) -> list[str]:
-    return [f"{split}_{metric}" for split in splits for metric in metric_names]
-
-
 class MetricsWriter:
     """Tidy CSV, one row per step: header once, empty cells where a value was not computed,
     flushed after every row so a crash or Ctrl-C keeps every finished step.
@@ -69,6 +62,15 @@ def read_metrics(path: Path) -> pd.DataFrame:
     """metrics.csv as a frame, without a last row cut mid-line (a run killed while writing)."""
     lines = whole_lines(path) if Path(path).exists() else []
     return pd.read_csv(io.StringIO("".join(lines))) if lines else pd.DataFrame()
+
+
+def with_initial(frame: pd.DataFrame, initial: dict | None) -> pd.DataFrame:
+    """The CSV with the initial evaluation as step 0 at train time 0 (summary.json's `initial`)."""
+    row = {f"{split}_{name}": math.nan if value is None else value  # null: a non-finite value (write_json)
+           for split, metrics in (initial or {}).items() for name, value in metrics.items()}
+    if not row:
+        return frame
+    return pd.concat([pd.DataFrame([{"step": 0, "train_time_s": 0.0, **row}]), frame], ignore_index=True)
 
 
 def atomic_write(path: Path, write: Callable, binary: bool = False) -> None:

@@ -3,7 +3,8 @@
     gradbench report outputs/multirun/<date>/<time> [--target-loss 0.3 | --target-accuracy 0.9] [--select val_loss]
                      [--best-per estimator] [--reference FILE.yaml] [--ignore KEY ...] [--out OUT]
 
-Groups are the runs' overrides minus `seed=`; cells are mean ± 95% CI over the group's seeds
+Groups are the runs' resolved configs minus the seed and result-neutral keys, labelled by their
+overrides; cells are mean ± 95% CI over the group's seeds
 (gradbench.report_runs). Writes table.csv, table.md, best.md, confusion.png, <metric>.png
 overlays (gradbench.report_plots) and, with --best-per, table_best.csv/.md; prints the tables.
 """
@@ -20,7 +21,8 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from gradbench.report_runs import Run, aggregate, find_runs, group_of, label, metric_columns, runs_frame
+from gradbench.columns import better
+from gradbench.report_runs import Run, aggregate, assign_groups, find_runs, group_of, metric_columns, runs_frame
 
 CI_NOTE = ("cells: mean ± 95% CI over seeds (Student t: t·s/√n; the mean alone for one run or equal values); "
            "failed, diverged and interrupted runs are counted in `failed` and left out of the means")
@@ -132,7 +134,7 @@ def attach_reference(table: pd.DataFrame, first: dict[str, Run], reference: dict
 
 
 def maximise(metric: str) -> bool:
-    return "accuracy" in metric  # losses, errors, steps and times: lower is better
+    return better(metric) == "max"  # gradbench.columns: each column's direction
 
 
 def default_select(table: pd.DataFrame) -> str | None:
@@ -165,6 +167,12 @@ def confusion(runs: list[Run]) -> np.ndarray | None:
     return np.mean(np.asarray(mats, dtype=float), axis=0) if mats else None
 
 
+def class_names(runs: list[Run], k: int) -> list[str]:
+    """The data's class names (summary.json), else the label numbers."""
+    names = next((r.summary["class_names"] for r in runs if r.summary.get("class_names")), None)
+    return [str(n) for n in names] if names and len(names) == k else [str(i) for i in range(k)]
+
+
 def best_section(row: pd.Series, metric: str, runs: list[Run], matrix: np.ndarray | None) -> str:
     """best.md: the selected group, its selection metric and test metrics, its confusion matrix."""
     lines = [f"## Best group by {metric} ({'max' if maximise(metric) else 'min'}): {row['group']}", "",
@@ -172,10 +180,10 @@ def best_section(row: pd.Series, metric: str, runs: list[Run], matrix: np.ndarra
     lines += [f"- {m}: {cell(row, m)}" for m in row.index if m.startswith("test_") and not m.endswith("_ci")]
     if matrix is not None:
         n = sum(1 for r in runs if r.ok and r.summary.get("test_confusion"))
-        k = len(matrix)
+        names = class_names(runs, len(matrix))
         lines += ["", f"Test confusion matrix, mean over {n} seed(s) (rows: true class, columns: predicted):", "",
-                  "| true \\ predicted | " + " | ".join(map(str, range(k))) + " |", "|" + "---|" * (k + 1)]
-        lines += [f"| {i} | " + " | ".join(f"{v:.4g}" for v in matrix[i]) + " |" for i in range(k)]
+                  "| true \\ predicted | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+        lines += [f"| {name} | " + " | ".join(f"{v:.4g}" for v in row) + " |" for name, row in zip(names, matrix)]
         lines += ["", "![confusion matrix](confusion.png)"]
     return "\n".join(lines) + "\n"
 
@@ -206,8 +214,9 @@ def report(args: argparse.Namespace) -> int:
     for ref in attach_reference(table, first, reference):
         note(f"reference row matches no group: {ref.get('match')}")
     metric = args.select or default_select(table)
-    if metric is not None and metric not in table:
-        raise ValueError(f"--select {metric}: not a column; choose from {', '.join(metric_columns(frame))}")
+    selectable = [c for c in metric_columns(frame) if better(c)]
+    if metric is not None and metric not in selectable:
+        raise ValueError(f"--select {metric}: not a column with a direction; choose from {', '.join(selectable)}")
 
     out = Path(args.out or args.dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +236,7 @@ def report(args: argparse.Namespace) -> int:
     if not args.no_plots:
         from gradbench.report_plots import plot_overlays
 
-        plot_overlays({short[g]: [r.curve() for r in rs if r.ok and not r.metrics.empty]
+        plot_overlays({short[g]: [(r.curve(), r.summary.get("stop_reason", "")) for r in rs]
                        for g, rs in by_group.items()}, out)
     print(text, end="")
     note(f"{len(runs)} runs in {len(by_group)} groups → {out}")
@@ -235,12 +244,14 @@ def report(args: argparse.Namespace) -> int:
 
 
 def group_runs(runs: list[Run], ignore: tuple[str, ...]) -> dict[str, list[Run]]:
-    """Runs by group label, in first-seen order; says when a group holds a seed twice."""
+    """Runs by group (same resolved config but the seed: report_runs.assign_groups), in
+    first-seen order; says when a group holds a seed twice."""
+    assign_groups(runs, ignore)
     by_group: dict[str, list[Run]] = {}
     for run in runs:
-        by_group.setdefault(label(group_of(run, ignore)), []).append(run)
+        by_group.setdefault(run.group, []).append(run)
     for g, members in by_group.items():  # several sweeps of one config under DIR, say
-        if len(seeds := [r.overrides.get("seed") for r in members]) > len(set(seeds)):
+        if len(seeds := [r.overrides.get("seed", r.summary.get("seed")) for r in members]) > len(set(seeds)):
             note(f"group {g!r} holds the same seed more than once: {seeds}")
     return by_group
 
@@ -275,7 +286,8 @@ def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Pat
         from gradbench.report_plots import plot_confusion
 
         n = sum(1 for r in runs if r.ok and r.summary.get("test_confusion"))
-        plot_confusion(matrix, f"{name}\ntest set, mean over {n} seed(s)", out / "confusion.png")
+        plot_confusion(matrix, f"{name}\ntest set, mean over {n} seed(s)", out / "confusion.png",
+                       class_names(runs, len(matrix)))
     (out / "best.md").write_text(text)
     return text
 
@@ -296,7 +308,7 @@ def main(argv: list[str]) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gradbench report", description="Aggregate the runs under DIR (a sweep dir or any parent) "
-        "into table.csv/table.md, overlay plots and the best group; groups = overrides minus seed.")
+        "into table.csv/table.md, overlay plots and the best group; a group = one resolved config, all its seeds.")
     p.add_argument("dir", type=Path, metavar="DIR", help="a multirun dir, or any folder above run dirs")
     p.add_argument("--out", type=Path, help="where to write the outputs (default: DIR)")
     p.add_argument("--ignore", nargs="+", action="extend", default=[], metavar="KEY",
@@ -305,8 +317,9 @@ def parser() -> argparse.ArgumentParser:
                    help="steps and train time until train_loss < X (default: runs that stopped on stop_below)")
     p.add_argument("--target-accuracy", type=float, metavar="X",
                    help="steps and train time until val_accuracy >= X (instead of --target-loss)")
-    p.add_argument("--select", metavar="METRIC", help="pick the best group by this metric's mean "
-                   "(*accuracy*: max, else min; default val_accuracy, else val_loss, else train_loss)")
+    p.add_argument("--select", metavar="METRIC", help="pick the best group by this metric's mean, in its "
+                   "direction (gradbench/columns.py: accuracy and cosines max, the rest min; default "
+                   "val_accuracy, else val_loss, else train_loss)")
     p.add_argument("--best-per", metavar="KEY", help="also table_best.*: the best group (by --select) "
                    "for each value of KEY, a group choice or override key such as estimator")
     p.add_argument("--reference", type=Path, metavar="FILE.yaml",

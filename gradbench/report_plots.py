@@ -1,15 +1,18 @@
 """Plots of `gradbench report`, drawn from the runs' metrics.csv and summary.json alone.
 
-<column>.png for each evaluated metric (train_loss, val_accuracy, ...): one line per group = the
-mean over its seeds, a band = min..max over its seeds, against step (the runs interpolated on
-the union of their eval steps) and against train time (the group's mean train_time_s at each of
-those steps). confusion.png: a k × k matrix with its values written in the cells.
+<column>.png for each evaluated metric (train_loss, val_accuracy, ...), against step and
+against train time: each seed thin, the group's mean bold, drawn only over the steps every
+finished seed of the group reaches (a mean over the seeds still running would jump where one
+stops: survivor bias), so the legend says where the mean ends. Diverged and failed runs are
+drawn dotted up to their last finite value; a group with nothing to draw stays in the legend,
+marked. Groups differ in colour and line style (ten colours, four styles), and are labelled
+by the keys that vary. confusion.png: a k × k matrix with its values in the cells.
 """
 
 from __future__ import annotations
 
 import textwrap
-import warnings
+from collections import Counter
 from pathlib import Path
 
 import matplotlib
@@ -18,64 +21,50 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
-from gradbench.metrics import STEP_COLUMNS  # noqa: E402
+from gradbench.columns import describe, split_of  # noqa: E402
+from gradbench.report_runs import BAD  # noqa: E402
 
-SPLITS = ("train", "val", "test")
+STYLES = ("-", "--", "-.", ":")
+HUGE = 1e30  # a diverging run's values beyond this are left out (drawing 1e285 overflows)
+
+
+def style(i: int) -> dict:
+    """Group i's colour and line style: tab10's ten colours, the style changing with each colour
+    and each round of ten, so no two of forty groups look alike and equal curves stay visible."""
+    return {"color": plt.cm.tab10(i % 10), "linestyle": STYLES[(i + i // 10) % len(STYLES)]}
 
 
 def curve_columns(frames: list[pd.DataFrame]) -> list[str]:
-    """The evaluated metrics (split_metric) present in any run; errors only where accuracy is absent."""
+    """The evaluated metrics (<split>_<metric>, drawn per gradbench.columns) present in any run;
+    errors only where accuracy is absent."""
     columns = list(dict.fromkeys(c for f in frames for c in f.columns
-                                 if c.split("_")[0] in SPLITS and c not in STEP_COLUMNS and f[c].notna().any()))
+                                 if split_of(c) not in (None, "batch") and describe(c).figure and f[c].notna().any()))
     return [c for c in columns if not (c.endswith("_errors") and c.replace("_errors", "_accuracy") in columns)]
 
 
-def band(frames: list[pd.DataFrame], column: str) -> tuple[np.ndarray, ...]:
-    """(steps, mean train time, mean, min, max) over the runs of one group, on the union of their
-    eval steps; each run interpolated linearly, NaN outside its own range of steps."""
-    runs = [f for f in frames if column in f and f[column].notna().any()]
-    if not runs:
-        return (np.array([]),) * 5
-    grid = np.unique(np.concatenate([f.loc[f[column].notna(), "step"].to_numpy(float) for f in runs]))
-
-    def on_grid(x: pd.Series, y: pd.Series) -> np.ndarray:
-        keep = y.notna()
-        return np.interp(grid, x[keep].to_numpy(float), y[keep].to_numpy(float), left=np.nan, right=np.nan)
-
-    values = np.vstack([on_grid(f["step"], f[column]) for f in runs])
-    times = np.vstack([on_grid(f["step"], f["train_time_s"]) for f in runs])
-    with warnings.catch_warnings():  # a grid step only some runs reach: the mean of those
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return grid, np.nanmean(times, 0), np.nanmean(values, 0), np.nanmin(values, 0), np.nanmax(values, 0)
+def finite(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """The rows where `column` is a drawable number."""
+    values = frame[column] if column in frame else pd.Series(dtype=float)
+    return frame[values.notna() & np.isfinite(values.astype(float)) & (values.astype(float).abs() < HUGE)]
 
 
-def plot_overlays(groups: dict[str, list[pd.DataFrame]], out: Path) -> list[Path]:
-    """<column>.png per evaluated metric: every group's mean and min..max band, vs step and vs time."""
-    columns = curve_columns([f for frames in groups.values() for f in frames])
+def common_mean(frames: list[pd.DataFrame], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean train time, mean value) over the steps every run reaches: the union of their
+    evaluation steps up to the earliest last step, each run interpolated linearly."""
+    rows = [finite(f, column) for f in frames]
+    end = min(r["step"].max() for r in rows)
+    grid = np.unique(np.concatenate([r.loc[r["step"] <= end, "step"].to_numpy(float) for r in rows]))
+    interp = lambda r, y: np.interp(grid, r["step"].to_numpy(float), r[y].to_numpy(float))  # noqa: E731
+    return (grid, np.mean([interp(r, "train_time_s") for r in rows], 0),
+            np.mean([interp(r, column) for r in rows], 0))
+
+
+def plot_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], out: Path) -> list[Path]:
+    """<column>.png per evaluated metric; `groups`: label → [(curve, stop reason)] per run."""
     written = []
-    for column in columns:
-        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-        positive = True
-        for i, (name, frames) in enumerate(groups.items()):
-            steps, time, mean, low, high = band(frames, column)
-            if not len(steps):
-                continue
-            color = plt.cm.tab10(i % 10) if len(groups) <= 10 else plt.cm.tab20(i % 20)
-            positive &= bool(np.nanmin(low) > 0)
-            for ax, x in zip(axes, (steps, time)):
-                ax.plot(x, mean, color=color, lw=1.6, label=f"{name} (n={len(frames)})")
-                if len(frames) > 1:
-                    ax.fill_between(x, low, high, color=color, alpha=0.2, lw=0)
-        for ax, xlabel in zip(axes, ("step", "train time (s), group mean")):
-            ax.set_xlabel(xlabel)
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel(column)
-        if column.endswith("_loss") and positive:
-            axes[0].set_yscale("log")
-        axes[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
-        fig.suptitle(f"{column}: mean over seeds, band = min..max over seeds")
-        fig.tight_layout()
+    for column, fig in draw_overlays(groups).items():
         path = Path(out) / f"{column}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
         plt.close(fig)
@@ -83,8 +72,65 @@ def plot_overlays(groups: dict[str, list[pd.DataFrame]], out: Path) -> list[Path
     return written
 
 
-def plot_confusion(matrix: np.ndarray, title: str, path: Path) -> Path:
-    """A confusion matrix (rows true class, columns predicted) with each cell's value written in it."""
+def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]]) -> dict[str, plt.Figure]:
+    """The overlay figures by column (plot_overlays saves them)."""
+    drawn = {}
+    for column in curve_columns([f for runs in groups.values() for f, _ in runs]):
+        fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), sharey=True)
+        handles, positive = [], True
+        for i, (name, runs) in enumerate(groups.items()):
+            look = style(i)
+            ok = [f for f, stop in runs if stop not in BAD and len(finite(f, column))]
+            for frame, stop in runs:  # each seed thin; a diverged or failed one dotted, ✕ at its end
+                rows = finite(frame, column)
+                if not len(rows):
+                    continue
+                failed = stop in BAD
+                positive &= bool((rows[column] > 0).all())
+                for ax, x in zip(axes, ("step", "train_time_s")):
+                    ax.plot(rows[x], rows[column], color=look["color"], linestyle=":" if failed else look["linestyle"],
+                            lw=0.9 if failed else 0.7, alpha=0.6 if failed else 0.35)
+                    if failed:
+                        ax.plot(rows[x].iloc[-1:], rows[column].iloc[-1:], "x", color=look["color"], ms=6)
+            text = legend_text(name, runs, ok, column)
+            if ok:
+                steps, time, mean = common_mean(ok, column)
+                for ax, x in zip(axes, (steps, time)):
+                    ax.plot(x, mean, lw=2.2, **look)
+            handles.append(Line2D([], [], lw=2.2 if ok else 1.0, marker=None if ok else "x", **look, label=text))
+        for ax, xlabel in zip(axes, ("step", "train time (s), mean over seeds")):
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+        info = describe(column)
+        axes[0].set_ylabel(f"{split_of(column)} {info.axis()}")
+        if info.log and positive:
+            axes[0].set_yscale("log")
+        axes[1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
+        fig.suptitle(f"{column}: bold = mean over the seeds (only where every finished seed still runs), "
+                     f"thin = each seed, dotted ✕ = diverged or failed", fontsize="medium")
+        fig.tight_layout()
+        drawn[column] = fig
+    return drawn
+
+
+def legend_text(name: str, runs: list[tuple[pd.DataFrame, str]], ok: list[pd.DataFrame], column: str) -> str:
+    """`name (n=3)`, plus where the mean ends when seeds stop at different steps, plus the runs
+    that diverged or failed (and `not drawn` when nothing of the group could be)."""
+    parts = [f"n={len(runs)}"]
+    if ok:
+        ends = [finite(f, column)["step"].max() for f in ok]
+        if len(set(ends)) > 1:
+            parts.append(f"mean to step {min(ends):g}, {sum(e > min(ends) for e in ends)} seed(s) go on")
+    stops = Counter(stop for _, stop in runs if stop in BAD)
+    parts += [f"{k} {stop}" for stop, k in stops.items()]
+    if not ok and not any(len(finite(f, column)) for f, _ in runs):
+        parts.append("not drawn")
+    return textwrap.shorten(name, 70, placeholder="…") + f" ({', '.join(parts)})"
+
+
+def plot_confusion(matrix: np.ndarray, title: str, path: Path, names: list[str] | None = None) -> Path:
+    """A confusion matrix (rows true class, columns predicted, labelled by `names`) with each
+    cell's value written in it."""
     k = len(matrix)
     fig, ax = plt.subplots(figsize=(max(3.5, 1.2 + 0.6 * k), max(3.5, 1.0 + 0.6 * k)))
     ax.imshow(matrix, cmap="Blues")
@@ -92,8 +138,9 @@ def plot_confusion(matrix: np.ndarray, title: str, path: Path) -> Path:
     for (i, j), v in np.ndenumerate(matrix):
         ax.text(j, i, f"{v:.0f}" if integral else f"{v:.1f}", ha="center", va="center",
                 color="white" if v > matrix.max() / 2 else "black", fontsize="small")
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
+    names = names or [str(i) for i in range(k)]
+    ax.set_xticks(range(k), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right" if max(map(len, names)) > 3 else "center")
+    ax.set_yticks(range(k), names)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     ax.set_title("\n".join(textwrap.fill(line, 45) for line in title.splitlines()), fontsize="small")

@@ -20,10 +20,10 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from gradbench.checkpoint import NEUTRAL
-from gradbench.metrics import read_metrics
+from gradbench.columns import SPLITS
+from gradbench.metrics import read_metrics, with_initial
 
 BAD = ("failed", "diverged", "interrupted")  # stop reasons whose numbers are left out of the means
-SPLITS = ("train", "val", "test")
 
 # Student t quantiles t_{0.975, df} for df = 1..30 (two-sided 95%); scipy is not a dependency.
 T975 = (12.706204736, 4.302652730, 3.182446305, 2.776445105, 2.570581836, 2.446911851, 2.364624252,
@@ -64,6 +64,7 @@ class Run:
     overrides: dict[str, str]  # key (Hydra's +/++/~ prefix dropped) → value, in command-line order
     summary: dict
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # empty when there is no metrics.csv
+    group: str = ""  # its group's label (assign_groups)
 
     @property
     def ok(self) -> bool:
@@ -97,10 +98,7 @@ class Run:
 
     def curve(self) -> pd.DataFrame:
         """metrics.csv with the initial evaluation (summary.json) as step 0 at train time 0."""
-        initial = {f"{s}_{k}": _num(v) for s, ms in (self.summary.get("initial") or {}).items() for k, v in ms.items()}
-        if not initial:
-            return self.metrics
-        return pd.concat([pd.DataFrame([{"step": 0, "train_time_s": 0.0, **initial}]), self.metrics], ignore_index=True)
+        return with_initial(self.metrics, self.summary.get("initial"))
 
 
 def _natural(path: Path) -> list:
@@ -148,6 +146,44 @@ def label(group: dict[str, str]) -> str:
     return " ".join(f"{k}={v}" for k, v in group.items()) or "(defaults)"
 
 
+def resolved(run: Run) -> dict:
+    """The config the run trained with: summary.json's resolved one, else .hydra/config.yaml."""
+    if run.summary.get("config"):
+        return run.summary["config"]
+    try:
+        return OmegaConf.to_container(run.config, resolve=True)
+    except Exception:  # an interpolation that needs Hydra's runtime
+        return OmegaConf.to_container(run.config, resolve=False)
+
+
+def identity(run: Run, ignore: tuple[str, ...] = ()) -> str:
+    """What makes runs one group: the resolved config less the seed, Hydra's settings, the
+    result-neutral keys (NEUTRAL), the report's own `reference` and the ignored keys."""
+    config = {k: v for k, v in resolved(run).items() if k not in (*NEUTRAL, "seed", "hydra", "reference")}
+    for key in ignore:  # dotted keys: drop the leaf
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def assign_groups(runs: list[Run], ignore: tuple[str, ...] = ()) -> None:
+    """Set each run's `group`: runs with one identity share a group, however their overrides
+    were ordered or spelled (an override equal to the default changes nothing). The label is
+    the first run's overrides (group_of); a label two identities share gets ` #2`, ` #3`."""
+    labels: dict[str, str] = {}
+    for run in runs:
+        key = identity(run, ignore)
+        if key not in labels:
+            name = label(group_of(run, ignore))
+            taken = sum(1 for v in labels.values() if v == name or v.startswith(f"{name} #"))
+            labels[key] = name if not taken else f"{name} #{taken + 1}"
+        run.group = labels[key]
+
+
 def _num(value) -> float:
     try:
         return float(value)
@@ -184,7 +220,7 @@ def run_values(run: Run, target: Target | None) -> dict[str, float]:
 
 def runs_frame(runs: list[Run], ignore: tuple[str, ...] = (), target: Target | None = None) -> pd.DataFrame:
     """One row per run: its group label, seed, stop reason, ok, and run_values."""
-    rows = [{"group": label(group_of(r, ignore)), "seed": r.overrides.get("seed", r.summary.get("seed")),
+    rows = [{"group": r.group or label(group_of(r, ignore)), "seed": r.overrides.get("seed", r.summary.get("seed")),
              "path": str(r.path), "stop_reason": r.summary.get("stop_reason", ""), "ok": r.ok,
              **run_values(r, target)} for r in runs]
     frame = pd.DataFrame(rows)

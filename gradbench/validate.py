@@ -14,7 +14,7 @@ from typing import Any, Callable
 from hydra.utils import get_class
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from gradbench.data import SPLITS
+from gradbench.columns import SPLITS
 from gradbench.errors import ConfigError, require
 from gradbench.models import INIT_LAWS
 

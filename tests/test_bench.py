@@ -1,6 +1,7 @@
 """`gradbench bench` and `bench-report`: estimators timed side by side, R = step / loss
 evaluation, peak memory per step; no speed is asserted, memory (deterministic) is."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -109,3 +110,60 @@ def test_bench_report_refuses_an_axis_the_runs_do_not_vary(runner, capsys):
         main(["bench-report", str(run), "--x", "layers"])
     assert exit_info.value.code == 2
     assert "--x layers: the runs under" in capsys.readouterr().err
+
+
+def test_bench_times_thread_counts_side_by_side_beside_a_background_process(runner):
+    runner("bench", "model=logreg", "bench.estimators=[backward]", "bench.threads=[1,2,auto]", "bench.load=1",
+           *TINY)
+    (run,) = run_dirs(runner.cwd)
+    table = pd.read_csv(run / "bench.csv")
+    # auto picks 1 thread for penguins' logistic regression (its forward pass is ~5 kFLOP), so it is not timed twice
+    assert list(table["threads"]) == [1, 2] and set(table["load"]) == {1} and set(table["auto_threads"]) == {1}
+    assert (table["forward_flops"] == 2 * 204 * 4 * 3).all()  # batch × inputs × classes multiply-adds
+
+
+def test_threads_auto_takes_one_thread_for_a_small_step_and_the_idle_cores_for_a_large_one(monkeypatch):
+    from gradbench import threads
+
+    monkeypatch.setattr(threads, "TORCH_DEFAULT", 4)
+    cpu, cuda, large = torch.device("cpu"), torch.device("cuda"), lambda: threads.AUTO_MIN_FLOPS
+    assert threads.choose(None, cpu, large) == 4 and threads.choose(3, cpu, large) == 3
+    assert threads.choose("auto", cpu, lambda: threads.AUTO_MIN_FLOPS - 1) == 1
+    for idle, expected in ((None, 4), (4.0, 4), (7.9, 4), (2.6, 3), (1.2, 1), (0.1, 1)):
+        monkeypatch.setattr(threads, "idle_cores", lambda idle=idle: idle)
+        assert threads.choose("auto", cpu, large) == expected, idle
+    assert threads.choose("auto", cuda, lambda: 0) == 4  # the GPU does the work
+
+
+def test_idle_cores_sees_a_busy_process():
+    """With one CPU-bound process beside it, at most cores − 1 (+ 0.3 for sampling noise) are idle."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from gradbench.threads import idle_cores
+
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        idle = idle_cores(0.3)
+    finally:
+        busy.kill()
+        busy.wait()
+    assert idle is not None and 0 <= idle <= os.cpu_count() - 1 + 0.3
+
+
+def test_a_run_records_the_thread_count_auto_chose(runner, monkeypatch):
+    from gradbench import threads
+
+    monkeypatch.setattr(threads, "TORCH_DEFAULT", 2)  # as on a 2-core machine outside the tests
+    monkeypatch.setattr(threads, "idle_cores", lambda: 2.0)  # and an idle one
+    try:
+        (small,) = runner("train", "model=logreg", "max_steps=2", "eval_every=1", "plot=false")
+        monkeypatch.setattr(threads, "AUTO_MIN_FLOPS", 4896)  # logreg's full batch: now "large"
+        (large,) = runner("train", "model=logreg", "max_steps=2", "eval_every=1", "plot=false", "seed=1")
+        (given,) = runner("train", "model=logreg", "max_steps=2", "eval_every=1", "plot=false", "threads=1", "seed=2")
+    finally:
+        torch.set_num_threads(1)  # the tests' own setting (conftest)
+    assert [json.loads((r / "summary.json").read_text())["threads"] for r in (small, large, given)] == [1, 2, 1]

@@ -204,7 +204,7 @@ def test_eval_reproduces_the_final_test_metrics_and_confusion_exactly(runner, ca
     test = summary["final"]["test"]
     assert f"loss {test['loss']:.6g}" in out and f"accuracy {test['accuracy']:.6g}" in out
     assert f"errors {test['errors']:.6g}" in out
-    rows = [list(map(int, line.split())) for line in out.splitlines() if line.startswith("   ")]
+    rows = [list(map(int, line.split("|")[1].split())) for line in out.splitlines() if line.startswith("   ")]
     assert rows == summary["test_confusion"]
     predictions = pd.read_csv(run / "predictions_test.csv")
     assert len(predictions) == 69 and (predictions["label"] != predictions["prediction"]).sum() == test["errors"]

@@ -159,7 +159,7 @@ def test_select_picks_the_best_group_and_draws_its_confusion_matrix(logreg):
     runs = summaries(logreg)
     mine = runs[(runs["estimator"] == best["estimator"]) & (runs["optimizer.lr"] == best["optimizer.lr"])]
     mean = np.mean([np.asarray(m) for m in mine["test_confusion"]], axis=0)
-    assert "| 0 | " + " | ".join(f"{v:.4g}" for v in mean[0]) + " |" in text
+    assert "| Adelie | " + " | ".join(f"{v:.4g}" for v in mean[0]) + " |" in text  # rows named by class
     for name in ("confusion.png", "val_accuracy.png", "val_loss.png", "train_loss.png", "test_accuracy.png"):
         assert (out / name).stat().st_size > 0, name
     default = report(logreg, "--no-plots", out=out / "default")  # val_accuracy, maximised
@@ -224,10 +224,15 @@ def test_cli_dispatch_and_bad_input(logreg, tmp_path, capsys):
 
 
 def test_single_runs_of_one_config_with_reordered_overrides_form_one_group(runner, capsys):
-    """Groups are the sorted override keys minus the seed and result-neutral keys (threads, plot):
-    the order on the command line, or a different thread count, makes no other group."""
+    """Groups are resolved configs minus the seed and result-neutral keys (threads, plot): the
+    order on the command line, a different thread count, or an override equal to the default
+    (sgd's lr 0.05) makes no other group; another lr does."""
     runner("train", "model=logreg", "max_steps=5", "seed=0", *FAST)
     runner("train", "max_steps=5", "threads=1", "seed=1", "model=logreg", *FAST)
+    runner("train", "optimizer.lr=0.05", "max_steps=5", "seed=2", "model=logreg", *FAST)
+    runner("train", "optimizer.lr=0.1", "max_steps=5", "seed=0", "model=logreg", *FAST)
     assert main([str(runner.cwd / "outputs" / "runs"), "--no-plots"]) == 0
     table = pd.read_csv(runner.cwd / "outputs" / "runs" / "table.csv")
-    assert table["n"].tolist() == [2]
+    assert table["n"].tolist() == [3, 1]
+    assert table["group"].tolist() == ["eval_every=5 max_steps=5 model=logreg",
+                                      "eval_every=5 max_steps=5 model=logreg optimizer.lr=0.1"]

@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-SPLITS = ("train", "val", "test")
+from gradbench.columns import SPLITS
 
 
 @dataclass
@@ -36,10 +36,14 @@ class Split:
 
 @dataclass
 class Data:
-    """The splits of one dataset plus what a model needs to know about their shape."""
+    """The splits of one dataset plus what a model needs to know about their shape, the class
+    names, and how raw inputs became the model's inputs (saved in model.pt, so a later user can
+    apply the same preprocessing to new raw inputs)."""
 
     splits: dict[str, Split]
     num_classes: int | None  # None for unlabelled data
+    class_names: list[str] | None = None  # label i is class_names[i] (None: the numbers themselves)
+    preprocessing: dict = field(default_factory=dict)  # step → its statistics, in the order applied
     input_shape: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -50,7 +54,11 @@ class Data:
         return self.splits["train"]
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Data:
-        return Data({k: s.to(device, dtype) for k, s in self.splits.items()}, self.num_classes)
+        return Data({k: s.to(device, dtype) for k, s in self.splits.items()}, self.num_classes, self.class_names,
+                    self.preprocessing)
+
+    def class_name(self, label: int) -> str:
+        return self.class_names[label] if self.class_names else str(label)
 
 
 class BatchOrder:
@@ -121,8 +129,9 @@ def stratified_split(
     return {name: torch.cat(idx).sort().values for name, idx in parts.items()}
 
 
-def standardise(splits: dict[str, Split]) -> dict[str, Split]:
-    """Scale features to zero mean, unit variance using training-split statistics only."""
+def standardise(splits: dict[str, Split]) -> tuple[dict[str, Split], dict]:
+    """Scale features to zero mean, unit variance using training-split statistics only; returns
+    the splits and the statistics ({mean, std}: x_model = (x_raw − mean) / std)."""
     x = splits["train"].x
     mean, std = x.mean(0), x.std(0).clamp_min(1e-12)
-    return {k: Split((s.x - mean) / std, s.y) for k, s in splits.items()}
+    return {k: Split((s.x - mean) / std, s.y) for k, s in splits.items()}, {"mean": mean.tolist(), "std": std.tolist()}

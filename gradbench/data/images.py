@@ -226,9 +226,18 @@ def load(source: Source, generator: torch.Generator, root: str | None, classes: 
         content = _build(source, root_path, settings, generator)
         _write_cache(path, content)
     splits = normalise_splits(content["splits"], content["stats"] if normalise else None, flatten)
+    # raw uint8 images → model inputs, step by step (model.pt keeps this for new images)
+    preprocessing = {"resize": resize, "scale": 1 / 255}
+    if normalise:
+        preprocessing["normalise"] = {"mean": content["stats"][0].tolist(), "std": content["stats"][1].tolist()}
+    preprocessing["flatten"] = flatten
     if pca_variance is not None:  # report 004: the basis depends on the pixels, normalisation and share
-        splits = _project(splits, path.with_name(f"{path.stem}-pca-{pca_variance}-{normalise:d}.pt"), pca_variance)
-    return Data(splits, num_classes=len(content["classes"]))
+        pca_path = path.with_name(f"{path.stem}-pca-{pca_variance}-{normalise:d}.pt")
+        splits = _project(splits, pca_path, pca_variance)
+        mean, basis = torch.load(pca_path, weights_only=True)["pca"]
+        preprocessing["pca"] = {"mean": mean, "basis": basis}  # x_model = (x − mean) @ basis
+    return Data(splits, num_classes=len(content["classes"]), class_names=list(content["classes"]),
+                preprocessing=preprocessing)
 
 
 def mnist(generator: torch.Generator, root: str | None = None, classes: list | None = None,

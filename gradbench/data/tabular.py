@@ -38,7 +38,9 @@ def penguins(generator: torch.Generator, val_fraction: float = 0.2,
     species = frame["species"].astype("category")
     x = torch.tensor(frame[PENGUIN_FEATURES].to_numpy(), dtype=torch.float64)
     y = torch.tensor(species.cat.codes.to_numpy(), dtype=torch.long)
-    return Data(standardise(_split(x, y, fractions, generator)), num_classes=len(species.cat.categories))
+    splits, stats = standardise(_split(x, y, fractions, generator))
+    return Data(splits, num_classes=len(species.cat.categories), class_names=list(species.cat.categories),
+                preprocessing={"features": PENGUIN_FEATURES, "standardise": stats})
 
 
 def toy(generator: torch.Generator, samples: int = 5, features: int = 4, classes: int = 3,
