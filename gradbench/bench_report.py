@@ -55,17 +55,20 @@ def markdown(frame: pd.DataFrame) -> str:
 
 
 def threads_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """One row per workload (the run folder above load<N>/), batch size and estimator: the median
-    step time (ms) at each load and thread count, auto's pick, and auto / best at each load."""
+    """One row per workload (the run folder above load<N>/), batch size and estimator: at each
+    load, the median step time (ms) per thread count, the count auto picked there (it samples
+    the idle cores), and auto's time over the best count's."""
     frame = frame.assign(workload=[str(Path(r).parent) if Path(r).name.startswith("load") else r for r in frame["run"]])
-    keys = ["workload", "batch_size", "forward_flops", "estimator", "auto_threads"]
+    keys = ["workload", "batch_size", "forward_flops", "estimator"]
     rows = []
     for key, part in frame.groupby(keys, sort=False):
         row = dict(zip(keys, key))
         for load, at in part.groupby("load"):
             times = at.groupby("threads")["median_step_s"].median()
+            auto = int(at["auto_threads"].iloc[0])
             row.update({f"load {load}, {t} thr (ms)": v * 1e3 for t, v in times.items()})
-            row[f"load {load}: auto / best"] = times.get(row["auto_threads"], float("nan")) / times.min()
+            row[f"load {load}: auto"] = auto
+            row[f"load {load}: auto / best"] = times.get(auto, float("nan")) / times.min()
         rows.append(row)
     return pd.DataFrame(rows)
 

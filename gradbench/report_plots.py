@@ -45,9 +45,11 @@ def curve_columns(frames: list[pd.DataFrame]) -> list[str]:
 
 
 def finite(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    """The rows where `column` is a drawable number."""
-    values = frame[column] if column in frame else pd.Series(dtype=float)
-    return frame[values.notna() & np.isfinite(values.astype(float)) & (values.astype(float).abs() < HUGE)]
+    """The rows where `column` is a drawable number (none for a run without the column)."""
+    if column not in frame:
+        return pd.DataFrame(columns=["step", "train_time_s", column], dtype=float)
+    values = frame[column].astype(float)
+    return frame[values.notna() & np.isfinite(values) & (values.abs() < HUGE)]
 
 
 def common_mean(frames: list[pd.DataFrame], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -77,7 +79,7 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]]) -> dict[str
     drawn = {}
     for column in curve_columns([f for runs in groups.values() for f, _ in runs]):
         fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), sharey=True)
-        handles, positive = [], True
+        handles, positive, ends = [], True, []
         for i, (name, runs) in enumerate(groups.items()):
             look = style(i)
             ok = [f for f, stop in runs if stop not in BAD and len(finite(f, column))]
@@ -91,7 +93,7 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]]) -> dict[str
                     ax.plot(rows[x], rows[column], color=look["color"], linestyle=":" if failed else look["linestyle"],
                             lw=0.9 if failed else 0.7, alpha=0.6 if failed else 0.35)
                     if failed:
-                        ax.plot(rows[x].iloc[-1:], rows[column].iloc[-1:], "x", color=look["color"], ms=6)
+                        ends.append((ax, rows[x].iloc[-1], rows[column].iloc[-1], look["color"]))
             text = legend_text(name, runs, ok, column)
             if ok:
                 steps, time, mean = common_mean(ok, column)
@@ -103,14 +105,36 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]]) -> dict[str
             ax.grid(alpha=0.3)
         info = describe(column)
         axes[0].set_ylabel(f"{split_of(column)} {info.axis()}")
-        if info.log and positive:
+        log = info.log and positive
+        if log:
             axes[0].set_yscale("log")
+        keep_to_finished(axes[0], groups, column, log)
+        low, high = axes[0].get_ylim()
+        for ax, x, y, color in ends:  # a diverged run's last value, on the edge when beyond it
+            ax.plot([x], [min(max(y, low), high)], "x", color=color, ms=6, clip_on=False)
         axes[1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
         fig.suptitle(f"{column}: bold = mean over the seeds (only where every finished seed still runs), "
                      f"thin = each seed, dotted ✕ = diverged or failed", fontsize="medium")
         fig.tight_layout()
         drawn[column] = fig
     return drawn
+
+
+def keep_to_finished(ax, groups: dict, column: str, log: bool) -> None:
+    """The y range of the finished runs (and the diverged runs' starts), so a run that diverged
+    to 1e30 does not flatten every other curve; its line leaves the plot, its ✕ sits on the edge."""
+    values = np.concatenate([finite(f, column)[column].to_numpy(float) for runs in groups.values()
+                             for f, stop in runs if stop not in BAD] +
+                            [finite(f, column)[column].to_numpy(float)[:1] for runs in groups.values() for f, _ in runs]
+                            + [np.array([])])
+    if not len(values):
+        return
+    low, high = values.min(), values.max()
+    if log:
+        ax.set_ylim(low / 1.5, high * 1.5)
+    else:
+        pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+        ax.set_ylim(low - pad, high + pad)
 
 
 def legend_text(name: str, runs: list[tuple[pd.DataFrame, str]], ok: list[pd.DataFrame], column: str) -> str:

@@ -3,8 +3,8 @@
 Measured on a 2-core CPU (README, "Threads"; `make threads`): a second thread gains nothing
 for a step whose forward pass costs under a few MFLOPs (penguins: ≤ 0.3 MFLOP), gains 1.6–1.9×
 from 15 MFLOPs on (MNIST MLP and CNNs) on an idle machine, and always loses when another
-process holds a core: each step then waits for its slowest thread (2–3× slower at 1024
-images; up to 25× on a tiny step). So `auto` takes
+process holds a core: each step then waits for its slowest thread (up to 3× slower on MNIST,
+up to 50× on a tiny step). So `auto` takes
 - one thread when one forward pass of a training batch costs less than AUTO_MIN_FLOPS;
 - else torch's default capped at the cores idle right now (sampled over IDLE_SAMPLE_S from
   /proc/stat; where that is missing, torch's default);

@@ -91,6 +91,7 @@ def test_report_overlays_keep_every_group_and_draw_the_mean_only_where_all_seeds
     assert np.allclose(bold[0].get_ydata(), [2.0, 1.1, 0.6])
     dotted = [line for line in fig.axes[0].get_lines() if line.get_linestyle() == ":"]
     assert len(dotted) == 2  # the diverged seeds, up to their last value
+    assert fig.axes[0].get_ylim()[1] < 10  # the finished runs' range: 1e3 would flatten them
 
 
 def test_ten_groups_get_ten_distinct_looks():
