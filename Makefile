@@ -28,7 +28,7 @@ run: setup ## the default training run: penguins, MLP, forward gradient, SGD (pr
 test: setup ## the test suite (slow tests excluded; `make test-all` runs them too)
 	$(BIN)/python -m pytest -m "not slow"
 
-test-slow: setup ## only the slow tests (the report make targets on penguins, a few minutes)
+test-slow: setup ## only the slow tests (report make targets on penguins, the installed wheel, real MNIST if present; a few minutes)
 	$(BIN)/python -m pytest -m slow
 
 test-all: setup ## every test, slow ones included
