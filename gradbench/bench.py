@@ -77,11 +77,13 @@ def bench_job(cfg: DictConfig, run_dir: Path) -> None:
                 batch = s.data.train.take(next(batches(n, size or n, stream(cfg.seed, "batches"), s.device)))
                 objective = Objective(s.model, batch.x, batch.y)
                 flops = threads.forward_flops(lambda: objective.loss(s.params))
-                thread_counts = list(dict.fromkeys(  # bench.threads: null = the run's `threads` setting
-                    threads.choose(cfg.threads if t is None else t, s.device, lambda: flops) for t in b.threads))
+                auto = threads.choose("auto", s.device, lambda: flops)  # once: it samples the idle cores
+                settings = [cfg.threads if t is None else t for t in b.threads]  # null = the run's `threads`
+                thread_counts = list(dict.fromkeys(auto if t == "auto" else threads.choose(t, s.device, lambda: flops)
+                                                   for t in settings))
                 rows += _time_batch(cfg, s, nodes, start, objective, thread_counts,
                                     {**fixed, "batch_size": size or n, "forward_flops": flops, "load": b.load,
-                                     "auto_threads": threads.choose("auto", s.device, lambda: flops)})
+                                     "auto_threads": auto})
     finally:
         _reset(s.params, start)
         torch.set_num_threads(previous)
@@ -115,8 +117,8 @@ def _time_batch(cfg: DictConfig, s, nodes: dict, start: dict, objective: Objecti
     times: dict[tuple, list[float]] = {(name, t): [] for t in thread_counts for name in ["loss", *steps]}
     for _ in range(b.rounds):
         for name, step in [("loss", None), *steps.items()]:
-            for threads in thread_counts:
-                torch.set_num_threads(threads)
+            for count in thread_counts:
+                torch.set_num_threads(count)
                 _reset(s.params, start)
                 for _ in range(b.steps):
                     sync()
@@ -127,16 +129,16 @@ def _time_batch(cfg: DictConfig, s, nodes: dict, start: dict, objective: Objecti
                     else:
                         step(objective, s.params)
                     sync()
-                    times[name, threads].append(time.perf_counter() - t0)
+                    times[name, count].append(time.perf_counter() - t0)
     rows = []
-    for threads in thread_counts:
-        loss_eval = statistics.median(times.pop(("loss", threads)))
-        base = statistics.median(times[next(iter(steps)), threads])
+    for count in thread_counts:
+        loss_eval = statistics.median(times.pop(("loss", count)))
+        base = statistics.median(times[next(iter(steps)), count])
         for name in steps:
-            values = times[name, threads]
+            values = times[name, count]
             q1, _, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
             median = statistics.median(values)
-            rows.append({"estimator": name, **fixed, "threads": threads, "loss_eval_s": loss_eval,
+            rows.append({"estimator": name, **fixed, "threads": count, "loss_eval_s": loss_eval,
                          "median_step_s": median, "iqr_step_s": q3 - q1, "R": median / loss_eval,
                          "paper_R": b.paper_R.get(name), "ratio": median / base,
                          "peak_memory_mb": memory[name]})

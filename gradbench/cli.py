@@ -33,7 +33,6 @@ from gradbench.models.functions import sphere_forward_lr
 from gradbench.sweep import RESULT, die_with_parent, guard_sweep, in_worker, record
 
 
-
 def config_dir() -> str:
     """The packaged configs: gradbench/conf/ in an installed wheel (pyproject.toml maps conf/
     there), else the source tree's conf/ (an editable install). Absolute, so any cwd works;

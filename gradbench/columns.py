@@ -66,9 +66,8 @@ def split_of(column: str) -> str | None:
     """`val_loss` → val, `best_val_loss` → val, `batch_loss` → batch, `grad_cosine` → None."""
     if column == "batch_loss":
         return "batch"
-    name = column.removeprefix("best_")
-    split = name.split("_", 1)[0]
-    return split if split in SPLITS and name.split("_", 1)[1:] and name.split("_", 1)[1] in METRICS else None
+    split, _, metric = column.removeprefix("best_").partition("_")
+    return split if split in SPLITS and metric in METRICS else None
 
 
 def describe(column: str) -> Column:
@@ -76,7 +75,7 @@ def describe(column: str) -> Column:
     if column in RUN:
         return RUN[column]
     if split_of(column) not in (None, "batch"):
-        return METRICS[column.removeprefix("best_").split("_", 1)[1]]
+        return METRICS[column.removeprefix("best_").partition("_")[2]]
     raise KeyError(f"{column!r} is not a gradbench column (run columns: {', '.join(RUN)}; "
                    f"<split>_<metric> with split {' | '.join(SPLITS)}, metric {' | '.join(METRICS)})")
 

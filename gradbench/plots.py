@@ -26,11 +26,12 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from gradbench.checkpoint import NEUTRAL  # noqa: E402
+from gradbench.report_runs import hydra_choices  # noqa: E402
+from gradbench.validate import GROUPS  # noqa: E402
 from gradbench.columns import SPLIT_COLOURS, describe, split_of  # noqa: E402
 from gradbench.metrics import read_metrics, with_initial  # noqa: E402
 
 HUGE = 1e30  # a diverging run's values beyond this are clipped to it (drawing 1e285 overflows)
-GROUPS = ("dataset", "model", "estimator", "optimizer", "schedule")  # the title's first line
 
 
 def run_title(run_dir: Path) -> str:
@@ -38,7 +39,7 @@ def run_title(run_dir: Path) -> str:
     seed; from the run's .hydra/ files (empty where they are missing)."""
     hydra_dir = Path(run_dir) / ".hydra"
     read = lambda name: yaml.safe_load((hydra_dir / name).read_text()) if (hydra_dir / name).is_file() else None  # noqa: E731
-    choices = (((read("hydra.yaml") or {}).get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    choices = hydra_choices(run_dir)
     overrides = [str(o) for o in read("overrides.yaml") or []]
     seed = (read("config.yaml") or {}).get("seed")
     keys = lambda o: o.lstrip("+~").partition("=")[0]  # noqa: E731

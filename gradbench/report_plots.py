@@ -24,10 +24,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from gradbench.columns import describe, split_of  # noqa: E402
+from gradbench.plots import HUGE  # noqa: E402
 from gradbench.report_runs import BAD  # noqa: E402
 
 STYLES = ("-", "--", "-.", ":")
-HUGE = 1e30  # a diverging run's values beyond this are left out (drawing 1e285 overflows)
 
 
 def style(i: int) -> dict:

@@ -19,7 +19,7 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from gradbench.checkpoint import NEUTRAL
+from gradbench.checkpoint import NEUTRAL, flatten
 from gradbench.columns import SPLITS
 from gradbench.metrics import read_metrics, with_initial
 
@@ -78,11 +78,7 @@ class Run:
     @cached_property
     def choices(self) -> dict:
         """Group → option; a job that failed during setup has them only in .hydra/hydra.yaml."""
-        if self.summary.get("choices"):
-            return self.summary["choices"]
-        path = self.path / ".hydra" / "hydra.yaml"
-        hydra = yaml.safe_load(path.read_text()) if path.exists() else {}
-        return ((hydra or {}).get("hydra", {}).get("runtime", {}) or {}).get("choices", {}) or {}
+        return self.summary.get("choices") or hydra_choices(self.path)
 
     def lookup(self, key: str):
         """A key's value for this run: an override, else a group choice, else a dotted config key."""
@@ -99,6 +95,13 @@ class Run:
     def curve(self) -> pd.DataFrame:
         """metrics.csv with the initial evaluation (summary.json) as step 0 at train time 0."""
         return with_initial(self.metrics, self.summary.get("initial"))
+
+
+def hydra_choices(run_dir: Path) -> dict:
+    """Group → option, as Hydra saved them in the run's .hydra/hydra.yaml ({} without it)."""
+    path = Path(run_dir) / ".hydra" / "hydra.yaml"
+    hydra = yaml.safe_load(path.read_text()) if path.exists() else {}
+    return (((hydra or {}).get("hydra") or {}).get("runtime") or {}).get("choices") or {}
 
 
 def _natural(path: Path) -> list:
@@ -159,14 +162,9 @@ def resolved(run: Run) -> dict:
 def identity(run: Run, ignore: tuple[str, ...] = ()) -> str:
     """What makes runs one group: the resolved config less the seed, Hydra's settings, the
     result-neutral keys (NEUTRAL), the report's own `reference` and the ignored keys."""
-    config = {k: v for k, v in resolved(run).items() if k not in (*NEUTRAL, "seed", "hydra", "reference")}
-    for key in ignore:  # dotted keys: drop the leaf
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+    left_out = (*NEUTRAL, "seed", "hydra", "reference", *ignore)  # dotted keys and all under them
+    config = {k: v for k, v in flatten(resolved(run)).items()
+              if not any(k == key or k.startswith(f"{key}.") for key in left_out)}
     return json.dumps(config, sort_keys=True, default=str)
 
 

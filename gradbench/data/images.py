@@ -193,15 +193,16 @@ def fit_pca(x: Tensor, variance: float, chunk: int = 4096) -> tuple[Tensor, Tens
     return mean.float(), vectors[:, :k].float().contiguous()
 
 
-def _project(splits: dict[str, Split], path: Path, variance: float) -> dict[str, Split]:
-    """Every split onto the training split's principal components (basis cached in `path`)."""
+def _project(splits: dict[str, Split], path: Path, variance: float) -> tuple[dict[str, Split], Tensor, Tensor]:
+    """Every split onto the training split's principal components (basis cached in `path`);
+    returns the projected splits, the mean and the basis."""
     try:
         mean, basis = torch.load(path, weights_only=True)["pca"]
     except Exception:  # not there yet (or unreadable): fit it
         mean, basis = fit_pca(splits["train"].x.flatten(1), variance)
         _write_cache(path, {"pca": (mean, basis)})
     offset = mean @ basis  # (x − mean)·B = x·B − mean·B, without a centred copy of x
-    return {k: Split(s.x.flatten(1) @ basis - offset, s.y) for k, s in splits.items()}
+    return {k: Split(s.x.flatten(1) @ basis - offset, s.y) for k, s in splits.items()}, mean, basis
 
 
 def load(source: Source, generator: torch.Generator, root: str | None, classes: list | None,
@@ -233,8 +234,7 @@ def load(source: Source, generator: torch.Generator, root: str | None, classes: 
     preprocessing["flatten"] = flatten
     if pca_variance is not None:  # report 004: the basis depends on the pixels, normalisation and share
         pca_path = path.with_name(f"{path.stem}-pca-{pca_variance}-{normalise:d}.pt")
-        splits = _project(splits, pca_path, pca_variance)
-        mean, basis = torch.load(pca_path, weights_only=True)["pca"]
+        splits, mean, basis = _project(splits, pca_path, pca_variance)
         preprocessing["pca"] = {"mean": mean, "basis": basis}  # x_model = (x − mean) @ basis
     return Data(splits, num_classes=len(content["classes"]), class_names=list(content["classes"]),
                 preprocessing=preprocessing)
