@@ -8,9 +8,10 @@ float64, the reference is autograd (`torch.autograd.grad`). Each estimator of th
 is then compared with it:
 - deterministic ones (backward, manual, finite_difference): max abs difference, relative
   error ‖g − ∇L‖/‖∇L‖, cosine similarity; FAIL beyond `check.tolerance.<name>`;
-- stochastic ones (forward): the relative error of the mean of N estimates for each N of
-  `check.samples`, next to its expectation (see `expected_spread`), and per single estimate
-  the RMS relative error and the mean cosine similarity.
+- stochastic ones (forward, forward_activities, ...): the relative error of the mean of N
+  estimates for each N of `check.samples`, next to what theory expects (the estimator's
+  `spread`: sqrt(bias² + variance/N), relative to ‖∇L‖), and per single estimate the RMS
+  relative error and the mean cosine similarity (with its expectation where one is known).
 An estimator that refuses the model (manual on a CNN) is listed as skipped. The table is
 printed and written to check.csv, the reference to grads.json; if a deterministic estimator
 disagrees, the command exits with status 1 (after writing both).
@@ -28,12 +29,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from gradbench.data import batches
 from gradbench.errors import ConfigError, JobFailed, require
-from gradbench.estimators import Estimator, Forward
+from gradbench.estimators import Estimator
 from gradbench.job import build, setup, stream, validate
 from gradbench.metrics import write_json
 from gradbench.models import Objective, Params, count_parameters
-from gradbench.probes import compare
-from gradbench.tangents import densify, second_moment
+from gradbench.estimators.probes import compare
+from gradbench.estimators.tangents import densify
 
 log = logging.getLogger(__name__)
 COLUMNS = ["estimator", "kind", "N", "max_abs_diff", "rel_error", "expected_rel_error",
@@ -47,30 +48,6 @@ def reference(objective: Objective, params: Params) -> tuple[torch.Tensor, Param
     loss = objective.loss(leaves)
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return loss.detach(), dict(zip(params, grads))
-
-
-def expected_spread(estimator: Estimator, truth: Params) -> tuple[float | None, float | None]:
-    """(c, E cos) for a forward-gradient estimator at the gradient `truth`, else (None, None):
-    the mean of N estimates has relative error ≈ sqrt(c/N), one estimate cosine E cos.
-
-    c = E‖g − ∇L‖² / ‖∇L‖² for one estimate g (gradbench.tangents.second_moment derives
-    E‖g‖²): (m₄ + n − 2) for dense tangents over n parameters (n + 1 normal, n − 1
-    Rademacher); rank1 adds a little per weight matrix. An estimate averaging K tangents
-    divides c by K, a mean of N estimates by N more: relative error ≈ sqrt(c/(K N)) (the
-    root mean square over draws). Cosine of one dense normal-tangent estimate (K = 1):
-    g·∇L / (‖g‖‖∇L‖) = |v·∇L|/(‖v‖‖∇L‖), the |first coordinate| of a uniform point on the
-    sphere S^{n−1}, whose mean is Γ(n/2) / (√π Γ((n+1)/2)) ≈ sqrt(2/(π n)).
-    """
-    # exact type: a subclass may estimate something else, with another variance
-    if type(estimator) is not Forward:
-        return None, None
-    norm2 = sum(g.double().square().sum().item() for g in truth.values())
-    c = (second_moment(estimator.structure, estimator.tangent, truth) / norm2 - 1) / estimator.num_tangents
-    cosine = None
-    if (estimator.structure, estimator.tangent, estimator.num_tangents) == ("dense", "normal", 1):
-        n = count_parameters(truth)
-        cosine = math.exp(math.lgamma(n / 2) - math.lgamma((n + 1) / 2)) / math.sqrt(math.pi)
-    return c, cosine
 
 
 def exact_row(name: str, estimator: Estimator, objective: Objective, params: Params,
@@ -88,7 +65,7 @@ def stochastic_rows(name: str, estimator: Estimator, objective: Objective, param
                     truth: Params, samples: list[int]) -> list[dict]:
     """Means of N estimates for each N in `samples` (one stream of max(samples) draws, running
     sum, nothing stored), then the per-estimate RMS relative error and mean cosine."""
-    c, cosine = expected_spread(estimator, truth)
+    spread = estimator.spread(objective, params, truth)
     t = torch.cat([v.reshape(-1) for v in truth.values()])
     total, sq_rel, cos_sum, rows = torch.zeros_like(t), 0.0, 0.0, []
     for i in range(1, max(samples) + 1):
@@ -102,12 +79,12 @@ def stochastic_rows(name: str, estimator: Estimator, objective: Objective, param
             rows.append({"estimator": name, "kind": "mean of N", "N": i,
                          "max_abs_diff": (mean - t).abs().max().item(),
                          "rel_error": ((mean - t).norm() / t.norm()).item(),
-                         "expected_rel_error": None if c is None else math.sqrt(c / i),
+                         "expected_rel_error": None if spread is None else math.sqrt(spread.bias2 + spread.variance / i),
                          "cosine": ((mean @ t) / (mean.norm() * t.norm())).item()})
     rows.append({"estimator": name, "kind": "each", "N": max(samples),
                  "rel_error": math.sqrt(sq_rel / max(samples)),
-                 "expected_rel_error": None if c is None else math.sqrt(c),
-                 "cosine": cos_sum / max(samples), "expected_cosine": cosine,
+                 "expected_rel_error": None if spread is None else math.sqrt(spread.bias2 + spread.variance),
+                 "cosine": cos_sum / max(samples), "expected_cosine": None if spread is None else spread.cosine,
                  "note": "RMS rel error and mean cosine of single estimates"})
     return rows
 

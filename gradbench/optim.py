@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from gradbench.errors import require
-from gradbench.tangents import Estimate, LowRank, dense
+from gradbench.estimators.tangents import Estimate, LowRank, dense
 
 
 class ManualSGD(torch.optim.Optimizer):
@@ -111,7 +111,7 @@ class NAG(torch.optim.Optimizer):
 
 
 def apply(optimizer: torch.optim.Optimizer, params: dict[str, Tensor], grads: dict[str, Estimate]) -> None:
-    """One update from an estimate, dense or factored (gradbench.tangents.LowRank).
+    """One update from an estimate, dense or factored (gradbench.estimators.tangents.LowRank).
 
     A plain SGD step (torch's SGD or ManualSGD without momentum, weight decay or Nesterov)
     applies a factored estimate as θ ← θ − lr·Σ_k u_k w_kᵀ in one addmm_, never forming the

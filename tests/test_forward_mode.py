@@ -14,12 +14,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from gradbench import forward_mode
+from gradbench.estimators import forward_mode
 from gradbench.errors import ConfigError
-from gradbench.estimators import Forward, _jvp
-from gradbench.manual import DERIVATIVES
+from gradbench.estimators import Forward
+from gradbench.estimators.forward import _jvp
+from gradbench.estimators.manual import DERIVATIVES
 from gradbench.models import ACTIVATIONS, Objective
-from gradbench.tangents import STRUCTURES, TangentSampler, densify
+from gradbench.estimators.tangents import STRUCTURES, TangentSampler, densify
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))

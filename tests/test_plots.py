@@ -17,7 +17,7 @@ from conftest import FAST
 from gradbench.cli import CONF, main
 from gradbench.columns import METRICS, RUN, SPLIT_COLOURS, STEP_COLUMNS, better, describe, split_of
 from gradbench.plots import draw_run
-from gradbench.probes import GradientProbe
+from gradbench.estimators.probes import GradientProbe
 from gradbench.report_plots import draw_overlays, style
 
 MODELS = sorted(p.stem for p in (Path(CONF) / "model").glob("*.yaml"))

@@ -1,7 +1,7 @@
 """Every tangent structure × law: unbiased, error ∝ 1/√N, second moment as derived, factored
 updates equal dense ones.
 
-The structures and laws come from gradbench.tangents (what `estimator.structure` and
+The structures and laws come from gradbench.estimators.tangents (what `estimator.structure` and
 `estimator.tangent` accept), so a new one is tested without editing this file. The problem is
 penguins with an MLP 4→16→3 in float64 (131 parameters: a 16×4 and a 3×16 matrix, two biases).
 """
@@ -17,7 +17,7 @@ from gradbench.estimators import Forward
 from gradbench.job import stream
 from gradbench.models import MLP, Objective
 from gradbench.optim import ManualSGD, apply
-from gradbench.tangents import FOURTH_MOMENT, STRUCTURES, LowRank, densify, second_moment
+from gradbench.estimators.tangents import FOURTH_MOMENT, STRUCTURES, LowRank, densify, second_moment
 
 KINDS = list(itertools.product(STRUCTURES, FOURTH_MOMENT))
 

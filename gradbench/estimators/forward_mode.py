@@ -11,11 +11,12 @@ primal pass as a leading dimension of dh (one matrix product for all of them). T
 `torch.func.jvp` route (any model, dense tangents only) stays as the reference the tests
 compare this with; where a model has no `stages()` the estimator uses that route instead.
 Nothing is taped: each layer's input is dropped as soon as its output exists, so memory stays
-flat with depth. A tangent on a layer's output (activity perturbation) would be one more
-term added to dh in the same loop.
+flat with depth. A tangent on a layer's output (activity perturbation) is one more term
+added to dh in the same loop: gradbench.estimators.activities.
 
-Rules: Linear, Conv2d (groups 1), the activations of gradbench.manual.DERIVATIVES (ReLU,
-sigmoid, tanh, softplus), MaxPool2d, Flatten; loss = softmax cross-entropy + λ·Σ‖W‖².
+Rules: Linear, Conv2d (groups 1), the activations of gradbench.estimators.manual.DERIVATIVES (ReLU,
+sigmoid, tanh, softplus), MaxPool2d, Flatten; loss = softmax cross-entropy + λ·Σ‖W‖². A model
+with local losses takes the jvp route (its blocks' inputs are detached).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from gradbench.manual import DERIVATIVES
+from gradbench.estimators.manual import DERIVATIVES
 from gradbench.models import Model, Params
-from gradbench.tangents import Rank1, Tangent
+from gradbench.estimators.tangents import Rank1, Tangent
 
 Dual = tuple[Tensor, Tensor | None]  # (primal N × ..., tangent K × N × ... or None = zero)
 
@@ -36,7 +37,7 @@ Dual = tuple[Tensor, Tensor | None]  # (primal N × ..., tangent K × N × ... o
 def supports(model: Model) -> bool:
     """True if every stage of `model` has a rule here and its loss is Model's own."""
     stages = model.stages()
-    return (stages is not None and type(model).loss is Model.loss
+    return (stages is not None and type(model).loss is Model.loss and not model.local_losses
             and all(type(m) in RULES or type(m) in DERIVATIVES for _, m in stages))
 
 

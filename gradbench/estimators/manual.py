@@ -5,7 +5,7 @@
 Every formula is a forward pass that keeps its intermediates, then the chain rule applied
 by hand, layer by layer, in reverse (reports 002, 003, 004). Row-vector convention: a batch
 is N × features and a linear layer is h = a Wᵀ + b with W out × in (nn.Linear's layout).
-`gradbench.estimators.Manual` wraps this as an estimator; `gradbench check` compares it
+`Manual` (below) wraps this as an estimator; `gradbench check` compares it
 with autograd.
 """
 
@@ -18,7 +18,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from gradbench.errors import ConfigError
-from gradbench.models import MLP, Model, Params
+from gradbench.estimators.base import Estimator
+from gradbench.models import MLP, Model, Objective, Params
 from gradbench.models.toynet import ToyNet
 
 Backprop = Callable[[Model, Params, Tensor, Tensor | None], tuple[Tensor, Params]]
@@ -109,6 +110,9 @@ def backprop_for(model: Model) -> Backprop:
         raise ConfigError(
             f"estimator=manual has no hand-derived gradient for model {type(model).__name__} "
             f"(supported: model=logreg | mlp | toynet); use estimator=backward or forward")
+    if model.local_losses:
+        raise ConfigError("estimator=manual has no hand-derived gradient for model.local_losses=true; "
+                          "use estimator=backward (local backprop) or forward_activities")
     if formula is mlp:
         unknown = {type(m).__name__ for m in model.layers if not isinstance(m, nn.Linear)} - {
             t.__name__ for t in DERIVATIVES}
@@ -116,3 +120,21 @@ def backprop_for(model: Model) -> Backprop:
             raise ConfigError(f"estimator=manual has no derivative for activation {', '.join(sorted(unknown))} "
                               f"(supported: relu | sigmoid | tanh | softplus)")
     return formula
+
+
+class Manual(Estimator):
+    """Hand-derived backpropagation, no autograd (gradbench/estimators/manual.py): logreg, mlp, toynet.
+
+    `bind` refuses any other model before training starts.
+    """
+
+    _bound: tuple[Model, object] | None = None
+
+    def bind(self, model: Model) -> None:
+        self._bound = (model, backprop_for(model))  # looked up once, not on every step
+
+    def __call__(self, objective: Objective, params: Params) -> tuple[Tensor, Params]:
+        model = objective.model
+        if self._bound is None or self._bound[0] is not model:
+            self.bind(model)
+        return self._bound[1](model, params, objective.x, objective.y)

@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.func import grad
 
 from gradbench.models import Objective, Params
-from gradbench.tangents import Estimate, densify
+from gradbench.estimators.tangents import Estimate, densify
 
 
 def compare(estimate: dict[str, Estimate], truth: Params) -> dict[str, Tensor]:

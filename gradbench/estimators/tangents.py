@@ -15,6 +15,7 @@ itself rank-1, kept factored (`LowRank`) up to an update that can use it (optim.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -118,9 +119,43 @@ class TangentSampler:
         return self.views
 
 
-def estimate(d: Tensor, tangents: dict[str, Tangent]) -> dict[str, Estimate]:
-    """g = (1/K) Σ_k d_k v_k from the K directional derivatives d_k = ∇L·v_k."""
-    scale = d / len(d)
+COMBINES = ("mean", "project")
+
+
+def coefficients(d: Tensor, tangents: dict[str, Tangent], combine: str) -> Tensor:
+    """The weights c of g = Σ_k c_k v_k from the K directional derivatives d_k = ∇L·v_k.
+
+    mean: c = d / K, the average of the K unbiased estimates d_k v_k.
+    project: c = (BᵀB)⁻¹ d with B = [v_1 … v_K], so g = B(BᵀB)⁻¹Bᵀ∇L is the orthogonal projection
+    of ∇L on the tangents' span (Flügel et al. 2024). The K × K Gram matrix comes from the
+    blocks: ⟨v_i, v_j⟩ = Σ_p ⟨v_ip, v_jp⟩, and for rank-1 blocks ⟨a_i b_iᵀ, a_j b_jᵀ⟩ =
+    (a_i·a_j)(b_i·b_j), never forming a dense tangent.
+    """
+    if combine == "mean":
+        return d / len(d)
+    gram = sum((v.a @ v.a.T) * (v.b @ v.b.T) if isinstance(v, Rank1) else v.flatten(1) @ v.flatten(1).T
+               for v in tangents.values())
+    return torch.linalg.solve(gram, d)
+
+
+def projection_spread(n: int, k: int) -> tuple[float, float, float]:
+    """(mean factor, relative variance, E cos) of the projection g = P∇L on the span of K
+    tangents with a rotation-invariant law (i.i.d. normal, dense) over n parameters.
+
+    P is the projection on a uniformly random K-dimensional subspace, so E P = (K/n) I:
+    E g = (K/n)∇L, a scaled, not an unbiased, estimate. P² = P gives E‖g‖² = E ∇LᵀP∇L =
+    (K/n)‖∇L‖², so E‖g − E g‖² = (K/n)(1 − K/n)‖∇L‖². cos(g, ∇L) = ‖P∇L‖/‖∇L‖ = √β with
+    β ~ Beta(K/2, (n − K)/2), whose mean is Γ((K+1)/2)Γ(n/2) / (Γ(K/2)Γ((n+1)/2)).
+    Rank-1 or Rademacher tangents are not rotation invariant: there E P is only close to (K/n) I.
+    """
+    share = k / n
+    cosine = math.exp(math.lgamma((k + 1) / 2) + math.lgamma(n / 2) - math.lgamma(k / 2) - math.lgamma((n + 1) / 2))
+    return share, share * (1 - share), cosine
+
+
+def estimate(c: Tensor, tangents: dict[str, Tangent]) -> dict[str, Estimate]:
+    """g = Σ_k c_k v_k (c from `coefficients`), rank-1 blocks kept factored."""
+    scale = c
     out: dict[str, Estimate] = {}
     for name, v in tangents.items():
         if isinstance(v, Rank1):

@@ -31,6 +31,7 @@ class Model(nn.Module):
     """
 
     metric_names = ("loss", "accuracy", "errors")
+    local_losses = False  # True once `add_heads` gave each hidden block its own classifier head
 
     def __init__(self, init: dict | None = None, l2: float = 0.0) -> None:
         super().__init__()
@@ -60,7 +61,7 @@ class Model(nn.Module):
 
     def stages(self) -> list[tuple[str, nn.Module]] | None:
         """The layers in the order they apply, each with its parameters' name prefix, for
-        models that are one chain of layers (`forward` runs them; gradbench.forward_mode
+        models that are one chain of layers (`forward` runs them; gradbench.estimators.forward_mode
         fuses their forward-mode pass); None for any other model."""
         return None
 
@@ -68,6 +69,53 @@ class Model(nn.Module):
         for _, module in self.stages():
             x = module(x)
         return x
+
+    def blocks(self) -> list[Block]:
+        """The chain cut into blocks, each with its head (None: the block ends in the network's
+        own output). Without local losses the whole chain is one block. A block boundary sits
+        after a layer's activation (and pooling), before the next Linear, Conv2d or Flatten."""
+        if not self.local_losses:
+            return [Block(self.stages(), None)]
+        heads = [[(f"heads.{i}.{j}", m) for j, m in enumerate(head)] for i, head in enumerate(self.heads)]
+        return [Block(block, head) for block, head in zip(self._cuts(), [*heads, None])]
+
+    def _cuts(self) -> list[list[tuple[str, nn.Module]]]:
+        cuts, seen_layer = [[]], False
+        for prefix, module in self.stages():
+            if seen_layer and isinstance(module, (nn.Linear, nn.Conv2d, nn.Flatten)):
+                cuts.append([])
+                seen_layer = False
+            seen_layer = seen_layer or isinstance(module, (nn.Linear, nn.Conv2d))
+            cuts[-1].append((prefix, module))
+        return cuts
+
+    def add_heads(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+        """Local losses (Ren et al. 2023, simplified): a linear classifier head on every block
+        but the last, on the block's output (a conv block's averaged over space first). Heads
+        are parameters like any other (`heads.i.*`): counted, initialised, checkpointed."""
+        self.local_losses = True
+        self.heads = nn.ModuleList()
+        h = torch.zeros(1, *input_shape)
+        with torch.no_grad():
+            for stages in self._cuts()[:-1]:
+                for _, module in stages:
+                    h = module(h)
+                pool = [SpatialMean()] if h.dim() == 4 else []
+                self.heads.append(nn.Sequential(*pool, nn.Linear(h.shape[1], num_classes)))
+
+    def objective(self, params: Params, x: Tensor, y: Tensor | None) -> Tensor:
+        """The training objective on one batch as a pure function of `params`: the network's
+        loss, or with local losses the sum of every block's local loss, each block's input
+        detached so that no gradient reaches a block from later ones (the last block trains
+        on the network's loss); the penalty counts once."""
+        if not self.local_losses:
+            return self.loss(functional_call(self, params, (x,)), y, params)
+        total, h = self.penalty(params), x
+        for block in self.blocks():
+            h = run_stages(block.stages, params, h.detach())
+            out = run_stages(block.head, params, h) if block.head else h
+            total = total + F.cross_entropy(out, y)
+        return total
 
     def penalty(self, params: Params) -> Tensor | float:
         """λ·Σ‖W‖² over the weight matrices (biases are not penalised)."""
@@ -91,14 +139,45 @@ class Model(nn.Module):
         return torch.bincount(y * k + outputs.argmax(1), minlength=k * k).reshape(k, k)
 
 
+@dataclass
+class Block:
+    """Stages that train on one loss: `head` (its own stages) maps the block's output to logits
+    for the block's local loss; None for the last block, whose output is the network's."""
+
+    stages: list[tuple[str, nn.Module]]
+    head: list[tuple[str, nn.Module]] | None
+
+
+class SpatialMean(nn.Module):
+    """N × C × H × W → N × C: the mean over space, before a conv block's head."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean((2, 3))
+
+
+def run_stages(stages: list[tuple[str, nn.Module]], params: Params, h: Tensor) -> Tensor:
+    """Apply `stages` with the weights taken from `params` (so torch.func transforms see them)."""
+    for prefix, module in stages:
+        if isinstance(module, nn.Linear):
+            h = F.linear(h, params[f"{prefix}.weight"], params.get(f"{prefix}.bias"))
+        elif isinstance(module, nn.Conv2d):
+            h = F.conv2d(h, params[f"{prefix}.weight"], params.get(f"{prefix}.bias"), module.stride,
+                         module.padding, module.dilation, module.groups)
+        else:
+            h = module(h)
+    return h
+
+
 class MLP(Model):
     """Fully connected net: flatten → [linear → activation]* → linear (logits).
 
-    `hidden=[]` is multinomial logistic regression (conf/model/logreg.yaml).
+    `hidden=[]` is multinomial logistic regression (conf/model/logreg.yaml). `local_losses`:
+    every hidden layer trains on its own linear head's loss (Model.add_heads).
     """
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = (),
-                 activation: str = "relu", init: dict | None = None, l2: float = 0.0) -> None:
+                 activation: str = "relu", init: dict | None = None, l2: float = 0.0,
+                 local_losses: bool = False) -> None:
         super().__init__(init, l2)
         require(num_classes is not None, "dataset", "must be labelled for a classifier such as model=mlp",
                 "unlabelled data")
@@ -111,6 +190,8 @@ class MLP(Model):
             if i < len(sizes) - 2:
                 layers.append(act())
         self.layers = nn.Sequential(*layers)
+        if local_losses:
+            self.add_heads(input_shape, num_classes)
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [("flatten", FLATTEN), *((f"layers.{i}", m) for i, m in enumerate(self.layers))]
@@ -118,14 +199,15 @@ class MLP(Model):
 
 @dataclass
 class Objective:
-    """The loss on one batch as a pure function of the parameters (torch.func style)."""
+    """The training objective on one batch as a pure function of the parameters (torch.func
+    style): the model's loss, or the sum of its local losses (Model.objective)."""
 
     model: Model
     x: Tensor
     y: Tensor | None
 
     def loss(self, params: Params) -> Tensor:
-        return self.model.loss(functional_call(self.model, params, (self.x,)), self.y, params)
+        return self.model.objective(params, self.x, self.y)
 
 
 def count_parameters(params: Params) -> int:

@@ -1,0 +1,61 @@
+"""The estimator seam: at parameters θ, on one batch, the loss and a gradient estimate.
+
+    estimate(objective, params) -> (loss, grads)   # grads: same keys as params, each a tensor
+                                                   # of its shape or a factored LowRank of it
+
+The training loop calls every estimator the same way and hands the grads to the optimizer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from gradbench.models import Model, Objective, Params
+
+
+@dataclass
+class Spread:
+    """What theory says of one estimate g of ∇L, relative to ‖∇L‖²: `bias2` = ‖E g − ∇L‖²,
+    `variance` = E‖g − E g‖², `cosine` = E cos(g, ∇L) (None where there is no closed form).
+    The mean of N estimates then has relative error ≈ sqrt(bias2 + variance / N)."""
+
+    bias2: float
+    variance: float
+    cosine: float | None = None
+
+
+def norm2(grads: Params) -> float:
+    """‖g‖² over all parameters, in float64."""
+    return sum(g.double().square().sum().item() for g in grads.values())
+
+
+class Estimator:
+    """Base class. `generator` feeds the estimator's own randomness (tangents), if any."""
+
+    stochastic = False  # True: an unbiased random estimate (checked statistically, not exactly)
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        self.generator = generator
+
+    def bind(self, model: Model) -> None:
+        """Called once with the built model, before any step: raise a ConfigError for a model
+        this estimator cannot handle (default: every model)."""
+
+    def __call__(self, objective: Objective, params: Params) -> tuple[Tensor, Params]:
+        raise NotImplementedError
+
+    def spread(self, objective: Objective, params: Params, truth: Params) -> Spread | None:
+        """The theory of this estimator's error at the true gradient `truth` (None: exact, or no
+        theory); `gradbench check` and the variance sweep print it beside the measurement."""
+        return None
+
+    def warm_up(self, objective: Objective, params: Params) -> None:
+        """One untimed call (first-call tracing and allocation), leaving the tangent stream as
+        it was: the timed steps and their random draws are the same with or without it."""
+        state = self.generator.get_state() if self.generator is not None else None
+        self(objective, params)
+        if state is not None:
+            self.generator.set_state(state)
