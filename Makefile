@@ -55,6 +55,7 @@ bench threads reports fwd-vs-bwd paper-mnist five-models cifar-search depth: \
 # The README's images live in outputs/figures/ (kept in git); the targets regenerate them.
 BENCH   := $(REPORTS)/bench
 FIGURES := outputs/figures
+FIGSTYLE := --style paper --width page  # the README's figures: the paper style, a page wide (gradbench/figstyle.py)
 bench: setup ## speed and peak memory per step of every estimator (paper MLP/CNN, report 000, K tangents, scaling) → outputs/reports/bench/
 	$(GRADBENCH) bench +benchmark=penguins_mlp hydra.run.dir=$(BENCH)/penguins_mlp $(ARGS)
 	@if $(call NEED_DATA,bench,dataset=mnist) >/dev/null 2>&1; then \
@@ -62,9 +63,9 @@ bench: setup ## speed and peak memory per step of every estimator (paper MLP/CNN
 	    $(GRADBENCH) bench +benchmark=$$b hydra.run.dir=$(BENCH)/$$b $(ARGS) || exit 1; done; \
 	  for b in scaling_width scaling_depth; do \
 	    $(GRADBENCH) bench -m +benchmark=$$b hydra.sweep.dir=$(BENCH)/$$b $(ARGS) || exit 1; done; \
-	  $(GRADBENCH) bench-report $(BENCH)/scaling_batch --x batch_size >/dev/null && \
-	  $(GRADBENCH) bench-report $(BENCH)/scaling_width --x num_params >/dev/null && \
-	  $(GRADBENCH) bench-report $(BENCH)/scaling_depth --x layers >/dev/null && \
+	  $(GRADBENCH) bench-report $(BENCH)/scaling_batch --x batch_size $(FIGSTYLE) >/dev/null && \
+	  $(GRADBENCH) bench-report $(BENCH)/scaling_width --x num_params $(FIGSTYLE) >/dev/null && \
+	  $(GRADBENCH) bench-report $(BENCH)/scaling_depth --x layers $(FIGSTYLE) >/dev/null && \
 	  mkdir -p $(FIGURES) && cp $(BENCH)/scaling_batch/scaling_batch_size.png $(FIGURES)/bench_batch.png && \
 	  cp $(BENCH)/scaling_depth/scaling_layers.png $(FIGURES)/bench_depth.png; \
 	else echo "MNIST not in the data root: only the penguins benchmark ran (\`gradbench data dataset=mnist\` says why)"; fi
@@ -85,7 +86,7 @@ test-functions: setup ## report 000 / the paper: Beale and Rosenbrock paths, the
 	$(SWEEP) +experiment=test_functions hydra.sweep.dir=$(TF)/paths
 	$(GRADBENCH) report $(TF)/paths --target-loss 1e-6 --no-plots
 	$(SWEEP) +experiment=sphere_dims hydra.sweep.dir=$(TF)/sphere
-	$(GRADBENCH) functions $(TF)
+	$(GRADBENCH) functions $(TF) $(FIGSTYLE)
 	mkdir -p $(FIGURES) && cp $(TF)/functions_beale.png $(TF)/functions_rosenbrock.png $(TF)/sphere_dims.png $(FIGURES)/
 
 reports: fwd-vs-bwd toy-backprop gd-vs-nag test-functions five-models paper-mnist depth cifar-search ## every report table
@@ -107,7 +108,7 @@ fwd-vs-bwd: setup ## report 000: forward vs backward (penguins; MNIST CNN where 
 paper-mnist: setup ## the forward-gradient paper's MNIST MLP and CNN: backward vs forward, dense and rank-1 (needs MNIST)
 	$(call NEED_DATA,paper_mnist,dataset=mnist)
 	$(SWEEP) +experiment=paper_mnist hydra.sweep.dir=$(REPORTS)/paper_mnist/mlp
-	$(GRADBENCH) report $(REPORTS)/paper_mnist/mlp --target-loss 1.3
+	$(GRADBENCH) report $(REPORTS)/paper_mnist/mlp --target-loss 1.3 $(FIGSTYLE)
 	mkdir -p $(FIGURES) && cp $(REPORTS)/paper_mnist/mlp/train_loss.png $(FIGURES)/paper_mnist_mlp.png && \
 	  cp $(REPORTS)/paper_mnist/mlp/val_accuracy.png $(FIGURES)/paper_mnist_mlp_accuracy.png
 	$(SWEEP) +experiment=paper_mnist_cnn hydra.sweep.dir=$(REPORTS)/paper_mnist/cnn

@@ -6,8 +6,9 @@
 
 On one batch of the training split, at the seed's initial parameters, each estimator in
 `bench.estimators` (options of conf/estimator/, or `bench.extra`) runs `bench.steps` timed
-steps in turn, for `bench.rounds` interleaved rounds, so drift in machine load hits every
-estimator alike; parameters are reset before each round. A step is `gradbench.train.Step`,
+steps in turn (on the run's model, or on the model with `bench.models`' overrides for that
+entry: local losses beside plain backprop, say), for `bench.rounds` interleaved rounds, so
+drift in machine load hits every estimator alike; parameters are reset before each round. A step is `gradbench.train.Step`,
 the very unit training times: estimate, update, scheduler step, device-synchronised, after
 one untimed warm-up. Reported per estimator and batch size:
 - median step time and its interquartile range;
@@ -30,11 +31,12 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
 from gradbench import threads
@@ -63,29 +65,33 @@ def bench_job(cfg: DictConfig, run_dir: Path) -> None:
     unknown = [name for name in b.estimators if name not in options]
     require(not unknown, "bench.estimators", f"must be options of conf/estimator or bench.extra ({' | '.join(options)})", unknown)
     nodes = {name: options[name] for name in b.estimators}
+    unknown = [name for name in b.models if name not in nodes]
+    require(not unknown, "bench.models", "must name entries of bench.estimators", unknown)
     s = setup(cfg)
+    variants = _variants(cfg, s)
     n = len(s.data.train)
-    for size in b.batch_sizes or [cfg.batch_size]:
+    for size in b.batch_sizes:
         require(size is None or 1 <= size <= n, "bench.batch_sizes", f"must be in 1..{n} or null", size)
-    start = {k: p.clone() for k, p in s.params.items()}
     layers = sum(p.dim() >= 2 for p in s.params.values())  # weight matrices and kernels
     fixed = {"device": str(s.device), "num_params": count_parameters(s.params), "layers": layers}
     rows, previous = [], torch.get_num_threads()
     try:
         with background_load(b.load):
-            for size in b.batch_sizes or [cfg.batch_size]:
+            for size in b.batch_sizes:
                 batch = s.data.train.take(next(batches(n, size or n, stream(cfg.seed, "batches"), s.device)))
                 objective = Objective(s.model, batch.x, batch.y)
+                objectives = {name: Objective(variants[name].model, batch.x, batch.y) for name in nodes}
                 flops = threads.forward_flops(lambda: objective.loss(s.params))
                 auto = threads.choose("auto", s.device, lambda: flops)  # once: it samples the idle cores
                 settings = [cfg.threads if t is None else t for t in b.threads]  # null = the run's `threads`
                 thread_counts = list(dict.fromkeys(auto if t == "auto" else threads.choose(t, s.device, lambda: flops)
                                                    for t in settings))
-                rows += _time_batch(cfg, s, nodes, start, objective, thread_counts,
+                rows += _time_batch(cfg, s, nodes, variants, objective, objectives, thread_counts,
                                     {**fixed, "batch_size": size or n, "forward_flops": flops, "load": b.load,
                                      "auto_threads": auto})
     finally:
-        _reset(s.params, start)
+        for v in variants.values():
+            _reset(v.params, v.start)
         torch.set_num_threads(previous)
     with open(run_dir / "bench.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
@@ -99,8 +105,38 @@ def bench_job(cfg: DictConfig, run_dir: Path) -> None:
     print(f"→ {run_dir / 'bench.csv'}")
 
 
-def _time_batch(cfg: DictConfig, s, nodes: dict, start: dict, objective: Objective, thread_counts: list[int],
-                fixed: dict) -> list[dict]:
+@dataclass
+class Variant:
+    """The model an entry of bench.estimators runs on (the run's own, or with bench.models'
+    overrides), its parameters and their starting values."""
+
+    model: object
+    params: dict
+    start: dict
+
+
+def _variants(cfg: DictConfig, s) -> dict[str, Variant]:
+    """Entry name → its Variant. Entries without bench.models overrides share the run's model;
+    one with overrides gets a model built from the merged config at the same seed (so, e.g.,
+    local losses and plain backprop start from the same weights where they share layers)."""
+    own = Variant(s.model, s.params, {k: p.clone() for k, p in s.params.items()})
+    out = {}
+    for name in cfg.bench.estimators:
+        overrides = cfg.bench.models.get(name)
+        if not overrides:
+            out[name] = own
+            continue
+        model = build(OmegaConf.merge(cfg.model, overrides), "model", input_shape=s.data.input_shape,
+                      num_classes=s.data.num_classes)
+        model.initialise(stream(cfg.seed, "init"))
+        model.to(device=s.device, dtype=next(iter(s.params.values())).dtype)
+        params = {k: p.detach() for k, p in model.named_parameters()}
+        out[name] = Variant(model, params, {k: p.clone() for k, p in params.items()})
+    return out
+
+
+def _time_batch(cfg: DictConfig, s, nodes: dict, variants: dict[str, Variant], objective: Objective,
+                objectives: dict[str, Objective], thread_counts: list[int], fixed: dict) -> list[dict]:
     """One batch: every estimator (and the plain loss) at every thread count, interleaved in
     each round, so load drift hits them all alike."""
     b = cfg.bench
@@ -108,18 +144,20 @@ def _time_batch(cfg: DictConfig, s, nodes: dict, start: dict, objective: Objecti
     steps, memory = {}, {}
     torch.set_num_threads(thread_counts[0])
     for name, node in nodes.items():
-        _reset(s.params, start)
+        v = variants[name]
+        _reset(v.params, v.start)
         estimator = build(node, "estimator", generator=stream(cfg.seed, "tangents", s.device))
-        estimator.bind(s.model)
-        optimizer = build(cfg.optimizer, "optimizer", params=list(s.params.values()))
+        estimator.bind(v.model)
+        optimizer = build(cfg.optimizer, "optimizer", params=list(v.params.values()))
         steps[name] = Step(estimator, optimizer, build(cfg.schedule, "schedule", optimizer=optimizer))
-        memory[name] = peak_memory_mb(lambda: steps[name](objective, s.params), s.device)  # the warm-up
+        memory[name] = peak_memory_mb(lambda: steps[name](objectives[name], v.params), s.device)  # the warm-up
     times: dict[tuple, list[float]] = {(name, t): [] for t in thread_counts for name in ["loss", *steps]}
     for _ in range(b.rounds):
         for name, step in [("loss", None), *steps.items()]:
+            v = variants[next(iter(steps)) if step is None else name]
             for count in thread_counts:
                 torch.set_num_threads(count)
-                _reset(s.params, start)
+                _reset(v.params, v.start)
                 for _ in range(b.steps):
                     sync()
                     t0 = time.perf_counter()
@@ -127,7 +165,7 @@ def _time_batch(cfg: DictConfig, s, nodes: dict, start: dict, objective: Objecti
                         with torch.no_grad():
                             objective.loss(s.params)
                     else:
-                        step(objective, s.params)
+                        step(objectives[name], v.params)
                     sync()
                     times[name, count].append(time.perf_counter() - t0)
     rows = []

@@ -19,14 +19,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.ticker import FuncFormatter, NullLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter, NullLocator  # noqa: E402
-
-from gradbench.bench import COLUMNS, format_table  # noqa: E402
+from gradbench import names
+from gradbench.bench import COLUMNS, format_table
+from gradbench.figstyle import Look, add_arguments, look_of
 
 AXES = {"batch_size": "batch size", "num_params": "parameters", "layers": "depth (weight layers)"}
 
@@ -82,12 +81,18 @@ def threads_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(frame: pd.DataFrame, x: str, path: Path) -> None:
+def plot(frame: pd.DataFrame, x: str, stem: Path, look: Look = Look()) -> list[Path]:
     """Step time and peak memory against `x`, one line per estimator (the median over rows that
     share estimator and x, which only happens when runs repeat a setting)."""
-    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    with look.rc():
+        return _plot(frame, x, stem, look)
+
+
+def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
+    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=look.size((11, 4.2)))
     for estimator, rows in frame.groupby("estimator", sort=False):
         rows = rows.groupby(x).median(numeric_only=True).sort_index()
+        estimator = names.option("estimator", estimator)
         line, = time_ax.plot(rows.index, rows["median_step_s"] * 1e3, marker="o", label=estimator)
         time_ax.fill_between(rows.index, (rows["median_step_s"] - rows["iqr_step_s"] / 2) * 1e3,
                              (rows["median_step_s"] + rows["iqr_step_s"] / 2) * 1e3,
@@ -101,10 +106,10 @@ def plot(frame: pd.DataFrame, x: str, path: Path) -> None:
         ax.xaxis.set_minor_locator(NullLocator())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle(f"estimate + update (one step) against {AXES[x]}; {threads} threads, {frame['device'].iloc[0]}")
+    if look.titles:
+        fig.suptitle(f"Estimate + update (one step) against {AXES[x]}; {threads} threads, {frame['device'].iloc[0]}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return look.save(fig, stem)
 
 
 def main(argv: list[str]) -> int:
@@ -114,6 +119,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", action="store_true",
                         help="also threads.md: step time per thread count and load, and what threads=auto picks")
     parser.add_argument("--out", type=Path, help="where bench.md and the plot go (default: DIR)")
+    add_arguments(parser)
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         parser.error(f"DIR must be a directory, got {str(args.dir)!r}")
@@ -126,8 +132,8 @@ def main(argv: list[str]) -> int:
     if args.x:
         if frame[args.x].nunique() < 2:
             parser.error(f"--x {args.x}: the runs under {args.dir} do not vary it (one value: {frame[args.x].iloc[0]})")
-        plot(frame, args.x, out / f"scaling_{args.x}.png")
-        print(f"→ {out / f'scaling_{args.x}.png'}")
+        for path in plot(frame, args.x, out / f"scaling_{args.x}", look_of(args)):
+            print(f"→ {path}")
     if args.threads:
         text = threads_markdown(threads_table(frame))
         (out / "threads.md").write_text(text)

@@ -18,8 +18,10 @@ from gradbench.metrics import atomic_write
 
 FILE = "checkpoint.pt"
 # Keys that change no number a run produces: a finished run with other values of these is the
-# same run (skip_done), and a checkpoint may be resumed with other values of them.
-NEUTRAL = ("resume", "skip_done", "threads", "log_every_s", "plot", "save_model", "eval_chunk",
+# same run (skip_done), and a checkpoint may be resumed with other values of them. Not
+# eval_chunk: a forward pass's arithmetic depends on its batch shape (one row takes another
+# BLAS path than 4096), so the evaluation metrics' last bits depend on the chunk.
+NEUTRAL = ("resume", "skip_done", "threads", "log_every_s", "logger", "plot", "save_model",
            "checkpoint_every", "check", "bench", "sweep_metric")
 # Stop rules: a resumed run may be given a larger budget (continue a finished run further).
 STOP_RULES = ("max_steps", "max_epochs", "stop_below")
@@ -29,10 +31,29 @@ def save(run_dir: Path, state: dict) -> None:
     atomic_write(Path(run_dir) / FILE, lambda f: torch.save(state, f), binary=True)
 
 
-def load(run_dir: Path) -> dict | None:
-    """The run dir's checkpoint, or None if it has none."""
+KEYS = ("step", "params", "optimizer", "scheduler", "tangents", "batches", "result", "config")
+
+
+def load(run_dir: Path, config_dir: str | None = None) -> dict | None:
+    """The run dir's checkpoint, or None if it has none. Tensors and plain data only
+    (weights_only), its config checked like any config read back (gradbench.targets); a file
+    that is no such checkpoint is refused in one line naming it."""
+    from gradbench import targets
+    from gradbench.errors import OccupiedRunDir
+
     path = Path(run_dir) / FILE
-    return torch.load(path, weights_only=True) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # truncated, not a zip, a pickle of other objects: torch's many errors
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise OccupiedRunDir(f"{path} is unreadable ({why}): the run cannot continue from it") from None
+    missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else list(KEYS)
+    if missing or not isinstance(state["config"], dict) or not isinstance(state["step"], int):
+        raise OccupiedRunDir(f"{path} is not a gradbench checkpoint (missing or wrong: {', '.join(missing) or 'config, step'})")
+    targets.check(state["config"], str(path), config_dir, prefix="config.")
+    return state
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

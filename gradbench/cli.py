@@ -9,6 +9,9 @@ Each Hydra command takes the usual Hydra flags: --help, --cfg job, -m/--multirun
 
 from __future__ import annotations
 
+# Only the standard library here: `gradbench --help` and every Tab press import this module,
+# and torch, pandas and matplotlib take seconds to import on a small machine. Hydra, the
+# jobs and their libraries are imported by the command that needs them.
 import contextlib
 import importlib
 import json
@@ -19,18 +22,6 @@ import sys
 import traceback
 import warnings
 from pathlib import Path
-
-import yaml
-
-import hydra
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
-
-from gradbench.errors import ConfigError, Interrupted, JobFailed, OccupiedRunDir
-from gradbench.job import worst
-from gradbench.metrics import write_json
-from gradbench.models.functions import sphere_forward_lr
-from gradbench.sweep import RESULT, die_with_parent, guard_sweep, in_worker, record
 
 
 def config_dir() -> str:
@@ -45,17 +36,44 @@ def config_dir() -> str:
 
 
 CONF = config_dir()
-# conf/protocol/functions_sphere.yaml: lr = the forward gradient's best step on the sphere
-OmegaConf.register_new_resolver("forward_gradient_sphere_lr", sphere_forward_lr, replace=True)
+
+
+def register_resolvers() -> None:
+    """The configs' own resolvers, before Hydra composes (in the CLI and in each sweep worker);
+    their modules are imported only when a config uses them."""
+    from omegaconf import OmegaConf
+
+    def sphere_lr(n):  # conf/protocol/functions_sphere.yaml: the forward gradient's best step on the sphere
+        from gradbench.models.functions import sphere_forward_lr
+
+        return sphere_forward_lr(n)
+
+    OmegaConf.register_new_resolver("forward_gradient_sphere_lr", sphere_lr, replace=True)
+    # conf/hydra/help/*.yaml: a command's own keys, with their comments, as conf/config.yaml has them
+    # ($ doubled: Hydra fills the help template with string.Template)
+    OmegaConf.register_new_resolver("gradbench_keys", lambda key: config_block(key).replace("$", "$$"), replace=True)
+
+
+def config_block(key: str) -> str:
+    """The lines of top-level `key` in conf/config.yaml (comments included), for a command's help."""
+    lines = (Path(CONF) / "config.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"{key}:"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i][:1] not in ("", " ", "#")), len(lines))
+    return "\n".join(lines[start:end]).rstrip()
 
 
 def _hydra_command(job_path: str, job_name: str):
     """A Hydra entry point that runs `module:function(cfg, run_dir)` as one job."""
+    import hydra
+
+    register_resolvers()
 
     @hydra.main(config_path=CONF, config_name="config", version_base="1.3")
-    def command(cfg: DictConfig):
+    def command(cfg):
         from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
+        register_resolvers()  # a sweep worker (joblib, SLURM) runs this in a fresh process
         module, function = job_path.split(":")
         job = getattr(importlib.import_module(module), function)
         hydra_cfg = HydraConfig.get()
@@ -70,6 +88,9 @@ def run_job(job, run_dir: Path, multirun: bool):
     """Run one job. Bad input ends a single run with one clear line (exit status 2) and leaves no
     empty run dir. Inside a sweep, any failure is recorded in the job's summary.json and the
     sweep goes on. An interrupted run exits 128 + signal (a sweep in this process stops)."""
+    from gradbench.errors import ConfigError, Interrupted, JobFailed, OccupiedRunDir, WriteFailed
+    from gradbench.sweep import die_with_parent, in_worker, record
+
     if multirun:
         die_with_parent()
     try:
@@ -98,7 +119,12 @@ def run_job(job, run_dir: Path, multirun: bool):
             print(f"gradbench: failed: {e}", file=sys.stderr)
             sys.exit(1)
         record_failure(run_dir, f"JobFailed: {e}")
-    except OSError as e:  # a full disk, a file that cannot be written: what is on disk stays
+    except WriteFailed as e:  # a full disk: no partial file under a final name, the rest stays
+        if not multirun:
+            print(f"gradbench: error: {e}", file=sys.stderr)
+            sys.exit(1)
+        record_failure(run_dir, f"WriteFailed: {e}")
+    except OSError as e:  # a file that cannot be written otherwise: what is on disk stays
         if not multirun:
             print(f"gradbench: error: writing the outputs in {run_dir} failed: {e}", file=sys.stderr)
             sys.exit(1)
@@ -107,25 +133,37 @@ def run_job(job, run_dir: Path, multirun: bool):
         if not multirun:
             raise
         record_failure(run_dir, traceback.format_exc())
+    from gradbench.job import worst
+
     return worst()  # the sweeper's worst value: the study goes on
 
 
 def record_failure(run_dir: Path, error: str) -> None:
     """Mark a failed sweep job (keeping a summary.json the job already wrote) and log why."""
+    from gradbench.errors import WriteFailed
+    from gradbench.metrics import write_json
+    from gradbench.sweep import record
+
     summary_path = run_dir / "summary.json"
     try:
         summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     except ValueError:  # a broken summary of this job's own earlier try
         summary = {}
     summary.update(stop_reason="failed", error=error)
-    write_json(summary_path, summary)
+    try:
+        write_json(summary_path, summary)
+    except WriteFailed as e:  # the disk is still full: the tally counts the job all the same
+        logging.getLogger("gradbench").error("%s", e)
     record(run_dir, "failed")
     logging.getLogger("gradbench").error("job failed, sweep goes on: %s", error.strip().splitlines()[-1])
 
 
 def discard_if_empty(run_dir: Path) -> None:
-    """Remove a run dir that holds nothing but what Hydra wrote on entry (.hydra/, the log)."""
-    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+    """Remove a run dir that holds nothing but what Hydra wrote on entry (.hydra/, the log)
+    and the job's write lock."""
+    from gradbench.rundir import LOCK
+
+    if run_dir.is_dir() and all(p.name in (".hydra", LOCK) or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
         with contextlib.suppress(OSError):
             run_dir.parent.rmdir()  # the date folder, if this was its only run
@@ -133,26 +171,68 @@ def discard_if_empty(run_dir: Path) -> None:
 
 def resume_arguments(rest: list[str]) -> list[str]:
     """`train resume=RUN_DIR ...`: the run's own overrides (from RUN_DIR/.hydra/overrides.yaml),
-    then the ones given now (which win), writing into RUN_DIR and leaving its .hydra/ as it is."""
+    then the ones given now (which win), writing into RUN_DIR and leaving its .hydra/ as it is.
+    RUN_DIR is read as Hydra reads it (`'resume="/runs/a,b"'` is the dir /runs/a,b), and the
+    stored overrides are data: any that could make gradbench call something is refused
+    (gradbench.targets) before Hydra sees them."""
     given = [a for a in rest if a.startswith("resume=")]
-    value = given[-1].partition("=")[2] if given else ""
-    if value.lower() in ("", "true", "false", "null"):
+    if not given:
         return rest
+    value = override_value(given[-1])
+    if not isinstance(value, str) or value.lower() in ("", "true", "false", "null"):
+        return rest
+    import yaml
+
+    from gradbench import targets
+    from gradbench.errors import ConfigError, hydra_quote
+
     path = Path(value).expanduser()
     saved = path / ".hydra" / "overrides.yaml"
     if not saved.is_file():
-        print(f"gradbench: error: resume must be true or a run dir (with .hydra/overrides.yaml), got {value!r}",
-              file=sys.stderr)
-        sys.exit(2)
+        fail(f"resume must be true or a run dir (with .hydra/overrides.yaml), got {value!r}")
+    try:
+        lines = yaml.safe_load(saved.read_text()) or []
+        if not isinstance(lines, list) or not all(isinstance(a, str) for a in lines):
+            raise ValueError("not a list of overrides")
+        targets.check_overrides(lines, str(saved), given_config_dir(rest))
+    except (OSError, ValueError, yaml.YAMLError) as e:  # UnsafeConfig is a ValueError too
+        fail(str(e) if isinstance(e, ConfigError) else f"{saved} is unreadable ({str(e).splitlines()[0]})")
     key = lambda arg: arg.partition("=")[0].lstrip("+~")  # noqa: E731
     mine = {key(a) for a in rest}
-    original = [str(a) for a in yaml.safe_load(saved.read_text()) or [] if key(str(a)) not in mine]
-    return [*original, *rest, f"hydra.run.dir={path}", "hydra.output_subdir=null"]
+    original = [a for a in lines if key(a) not in mine]
+    return [*original, *rest, f"hydra.run.dir={hydra_quote(str(path))}", "hydra.output_subdir=null"]
+
+
+def override_value(arg: str):
+    """The value of one `key=value` override as Hydra parses it (quotes removed); the text after
+    `=` if Hydra cannot parse it (Hydra then says why)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        return OverridesParser.create().parse_override(arg).value()
+    except Exception:
+        return arg.partition("=")[2]
+
+
+def given_config_dir(args: list[str]) -> str | None:
+    """The user's `--config-dir DIR` (or `-cd DIR`, `--config-dir=DIR`), if given."""
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith("--config-dir="):
+            return arg.partition("=")[2]
+    return None
+
+
+def fail(message: str) -> None:
+    print(f"gradbench: error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 COMMANDS = {
     "train": "train one model (a sweep with -m); outputs under ./outputs/",
     "check": "compare every gradient estimator with autograd at one point (float64)",
+    "variance": "each estimator's error against its theory as an MLP grows in width and depth (plot)",
     "report": "aggregate a sweep directory into tables and plots",
     "data": "load (download once, cache) the configured dataset and print its splits",
     "bench": "time estimate + update of several estimators side by side (ratios, R, peak memory)",
@@ -160,12 +240,9 @@ COMMANDS = {
     "eval": "evaluate a finished run's model.pt on a split (metrics, confusion, predictions)",
     "functions": "draw test-function runs: paths over contours, the sphere's steps against dimension",
 }
-HYDRA_COMMANDS = {
-    "train": _hydra_command("gradbench.job:train_job", "train"),
-    "check": _hydra_command("gradbench.check:check_job", "check"),
-    "data": _hydra_command("gradbench.job:data_job", "data"),
-    "bench": _hydra_command("gradbench.bench:bench_job", "bench"),
-}
+HYDRA_COMMANDS = {"train": "gradbench.job:train_job", "check": "gradbench.check:check_job",
+                  "variance": "gradbench.variance:variance_job",
+                  "data": "gradbench.job:data_job", "bench": "gradbench.bench:bench_job"}  # Hydra commands: function(cfg, run_dir)
 PLAIN_COMMANDS = {"report": "gradbench.report:main", "bench-report": "gradbench.bench_report:main",
                   "eval": "gradbench.evaluate:main", "functions": "gradbench.functions_report:main"}  # argparse commands: function(argv)
 
@@ -199,9 +276,19 @@ def usage() -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        run(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:  # Ctrl-C before a training loop took the signal (imports, composing, a sweep's parent)
+        print("gradbench: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def run(argv: list[str]) -> None:
     # torch.func's first jvp scripts its decompositions with torch.jit: torch's own warning.
     warnings.filterwarnings("ignore", message=r"`torch.jit.script` is deprecated", category=FutureWarning)
-    argv = sys.argv[1:] if argv is None else list(argv)
+    # A full disk fails the log file's writes too: the job reports it in one line, the log
+    # must not add a traceback per record.
+    logging.raiseExceptions = False
     program = os.path.basename(sys.argv[0]) or "gradbench"
     if argv and argv[0] in ("-sc", "--shell-completion"):
         if not complete_command(argv):
@@ -220,17 +307,56 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["GRADBENCH_COMMAND"] = command  # hydra.job.name: the log file is <command>.log
     if command == "train":
         rest = resume_arguments(rest)
+    if {"-h", "--help"} & set(rest):
+        rest = [f"hydra/help={command}", *rest]  # conf/hydra/help/<command>.yaml: its usage, keys, examples
     sys.argv = [program, *rest]  # Hydra parses sys.argv
+    from gradbench.sweep import RESULT, guard_sweep
+
     RESULT.clear()
     sweep = guard_sweep() if {"-m", "--multirun"} & set(rest) else contextlib.nullcontext()
-    try:
-        with sweep:
-            HYDRA_COMMANDS[command]()
-    except KeyboardInterrupt:  # Ctrl-C outside a training loop (a parallel sweep's parent, say)
-        print("gradbench: interrupted", file=sys.stderr)
-        sys.exit(130)
+    with sweep, one_line_errors(command, rest):
+        _hydra_command(HYDRA_COMMANDS[command], command)()
     if RESULT.get("counts", {}).get("failed"):
         sys.exit(1)  # a sweep with failed jobs, after every job ran (the tally line says which)
+
+
+@contextlib.contextmanager
+def one_line_errors(command: str, rest: list[str]):
+    """A bad override (an unknown key, a missing option, a syntax error) in one line and exit 2,
+    like every other bad input, where Hydra prints several lines and exits 1. HYDRA_FULL_ERROR
+    (set for this call only) makes Hydra raise its error instead of printing it."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    saved = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        yield
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as e:
+        print(f"gradbench: error: {hydra_message(e, command, rest)}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if saved is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = saved
+
+
+def hydra_message(error: Exception, command: str, rest: list[str]) -> str:
+    """Hydra's composition error as one line: an unknown key by name, a missing option with the options."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("See https")]
+    cause = str(error.__cause__ or "")
+    if lines and lines[0].startswith("Could not override") and "not in struct" in cause:
+        key = lines[0].split("'")[1]
+        return (f"unknown key {key!r} (Could not override {key!r}: it is not in the config; "
+                f"`gradbench {command} --help` lists the keys, +{key}=... adds a new one)")
+    if len(lines) > 2 and lines[1].startswith("Available options"):
+        options = lines[2:lines.index("Config search path:")] if "Config search path:" in lines else lines[2:]
+        return f"{lines[0]}; options: {', '.join(options)}"
+    if getattr(error, "override", None):  # a syntax error: name the argument
+        lines.insert(0, f"cannot parse {error.override!r}:")
+    if cause:
+        lines.append(cause.splitlines()[0])
+    return " ".join(lines) or type(error).__name__
 
 
 if __name__ == "__main__":

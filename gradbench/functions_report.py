@@ -2,7 +2,7 @@
 
     gradbench train -m +experiment=test_functions hydra.sweep.dir=outputs/tf/paths
     gradbench train -m +experiment=sphere_dims hydra.sweep.dir=outputs/tf/sphere
-    gradbench functions outputs/tf
+    gradbench functions outputs/tf [--style paper --width page --format pdf]
 
 Writes into OUT (default DIR), from the run dirs' files alone:
 - functions_<model>.png for each 2-d function: the contour of f on log-spaced levels with every
@@ -20,27 +20,28 @@ import math
 import sys
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from matplotlib.colors import LogNorm
+from matplotlib.ticker import NullLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
-from matplotlib.ticker import NullLocator  # noqa: E402
+from gradbench import names, targets
+from gradbench.errors import ConfigError
+from gradbench.figstyle import PALETTE, Look, add_arguments, look_of
+from gradbench.report_runs import Run, find_runs, mean_ci
 
-from gradbench.report_runs import Run, find_runs, mean_ci  # noqa: E402
-
-COLOURS = {"backward": "tab:blue", "forward": "tab:orange", "forward_rank1": "tab:green",
-           "finite_difference": "tab:purple", "manual": "tab:red"}
+# one colour per estimator, the same in every figure (Okabe–Ito, gradbench.figstyle)
+COLOURS = dict(zip(names.OPTIONS["estimator"], PALETTE))
 
 
 def model_of(run: Run):
+    """The run's test function, rebuilt from its summary (checked in `main`: gradbench.targets)."""
     return instantiate(run.summary["config"]["model"])
 
 
-def plot_paths(name: str, runs: list[Run], path: Path) -> None:
+def plot_paths(name: str, runs: list[Run], stem: Path, look: Look = Look()) -> list[Path]:
     model = model_of(runs[0])
     points = np.concatenate([r.metrics[["train_x1", "train_x2"]].dropna().to_numpy() for r in runs]
                             + [model.minimum.numpy()[None], model.start.numpy()[None]])
@@ -49,35 +50,39 @@ def plot_paths(name: str, runs: list[Run], path: Path) -> None:
     xs, ys = np.linspace(low[0] - pad[0], high[0] + pad[0], 300), np.linspace(low[1] - pad[1], high[1] + pad[1], 300)
     grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1), dtype=torch.float64)
     values = model.f(grid).numpy() + 1e-12
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    fig, (left, right) = plt.subplots(1, 2, figsize=look.size((12, 5)))
+    thin, bold = (0.6, 1.4) if look.paper else (0.8, 2)
     left.contour(xs, ys, values, levels=np.logspace(np.log10(values.min()), np.log10(values.max()), 25),
                  norm=LogNorm(), cmap="Greys", linewidths=0.6)
     seen = set()
     for run in runs:
         estimator = run.choices.get("estimator", "?")
         colour = COLOURS.get(estimator, "black")
-        label = None if estimator in seen else f"{estimator} ({sum(r.choices.get('estimator') == estimator for r in runs)} runs)"
+        count = sum(r.choices.get("estimator") == estimator for r in runs)
+        label = None if estimator in seen else f"{names.option('estimator', estimator)} ({count} runs)"
         seen.add(estimator)
-        thin = run.summary["config"]["estimator"].get("_target_", "").endswith("Forward")
+        random = run.summary["config"]["estimator"].get("_target_", "").endswith("Forward")  # seeds differ: thin
         path_xy = run.metrics[["train_x1", "train_x2"]].dropna().to_numpy()
         path_xy = np.vstack([model.start.numpy()[None], path_xy])
-        left.plot(path_xy[:, 0], path_xy[:, 1], color=colour, lw=0.8 if thin else 2, alpha=0.7, label=label)
+        left.plot(path_xy[:, 0], path_xy[:, 1], color=colour, lw=thin if random else bold, alpha=0.7, label=label)
         curve = run.curve().dropna(subset=["train_distance"])  # evaluated steps only
-        right.plot(curve["step"], curve["train_distance"], color=colour, lw=0.8 if thin else 2, alpha=0.7,
+        right.plot(curve["step"], curve["train_distance"], color=colour, lw=thin if random else bold, alpha=0.7,
                    label=label)
-    left.plot(*model.start.numpy(), "ko", label="start")
-    left.plot(*model.minimum.numpy(), "k*", ms=14, label="minimum")
-    left.set(xlabel="x₁", ylabel="x₂", title=f"{name}: paths over the contour of f (log levels)")
-    left.legend(fontsize="small")
-    right.set(xscale="log", yscale="log", xlabel="step", ylabel="distance to the minimum ‖θ − θ*‖",
-              title=f"{name}: distance to the minimum")
+    left.plot(*model.start.numpy(), "ko", ms=4 if look.paper else 6, label="start")
+    left.plot(*model.minimum.numpy(), "k*", ms=8 if look.paper else 14, label="minimum")
+    left.set(xlabel="$x_1$", ylabel="$x_2$")
+    left.legend(fontsize="small", frameon=True, framealpha=0.9)  # over the contour lines
+    right.set(xscale="log", yscale="log", xlabel="step", ylabel="distance to the minimum ‖θ − θ*‖")
     right.grid(True, which="both", alpha=0.3)
     right.legend(fontsize="small")
-    lr = runs[0].summary["config"]["optimizer"]["lr"]
-    fig.suptitle(f"{name}, gradient descent lr {lr:g}, float64, same start for every run")
+    if look.titles:
+        title = names.option("model", name)
+        left.set_title(f"{title}: paths over the contour of f (log levels)")
+        right.set_title(f"{title}: distance to the minimum")
+        lr = runs[0].summary["config"]["optimizer"]["lr"]
+        fig.suptitle(f"{title}, gradient descent, learning rate {lr:g}, float64, same start for every run")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return look.save(fig, stem)
 
 
 def sphere_table(runs: list[Run]) -> list[dict]:
@@ -94,32 +99,40 @@ def sphere_table(runs: list[Run]) -> list[dict]:
     return rows
 
 
-def plot_sphere(rows: list[dict], slope: float, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+def plot_sphere(rows: list[dict], slope: float, stem: Path, look: Look = Look()) -> list[Path]:
+    fig, ax = plt.subplots(figsize=look.size((6.5, 4.5), panels=1))
     n = np.array([r["n"] for r in rows])
     ax.errorbar(n, [r["steps"] for r in rows], yerr=[np.nan_to_num(r["ci"]) for r in rows], fmt="o-",
                 capsize=3, color=COLOURS["forward"], label=f"forward gradient (mean ± 95% CI), slope {slope:.2f}")
-    ax.plot(n, [r["theory"] for r in rows], "k--", label="theory: log(f₀/ε) / −log(1 − 1/(n+2))")
-    ax.set(xscale="log", yscale="log", xlabel="dimension n", ylabel="steps to f < ε",
-           title="sphere f = ‖x‖², lr* = 1/(2(n+2)): steps grow like n")
+    ax.plot(n, [r["theory"] for r in rows], "k--", label="theory: log($f_0$/ε) / −log(1 − 1/(n+2))")
+    ax.set(xscale="log", yscale="log", xlabel="dimension n", ylabel="steps to f < ε")
+    if look.titles:
+        ax.set_title("Sphere f = ‖x‖², lr* = 1/(2(n+2)): steps grow like n")
     ax.set_xticks(n, [str(v) for v in n])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return look.save(fig, stem)
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gradbench functions", description=__doc__.split("\n\n")[0])
     parser.add_argument("dir", type=Path)
     parser.add_argument("--out", type=Path)
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    look = look_of(args)
     if not args.dir.is_dir():
         parser.error(f"DIR must be a directory, got {str(args.dir)!r}")
     runs, _, _ = find_runs(args.dir)
     runs = [r for r in runs if r.ok and r.summary.get("config")]
+    for run in runs:  # a run dir is data: a model config that names code to call stops the command
+        try:
+            targets.check(run.summary["config"], str(run.path / "summary.json"), prefix="config.")
+        except ConfigError as e:
+            print(f"gradbench functions: error: {e}", file=sys.stderr)
+            return 2
     by_model: dict[str, list[Run]] = {}
     for run in runs:
         by_model.setdefault(run.choices.get("model", "?"), []).append(run)
@@ -131,7 +144,8 @@ def main(argv: list[str]) -> int:
             rows = sphere_table(group)
             ok = [r for r in rows if r["reached"]]
             slope = float(np.polyfit(np.log([r["n"] for r in ok]), np.log([r["steps"] for r in ok]), 1)[0])
-            plot_sphere(rows, slope, out / "sphere_dims.png")
+            with look.rc():
+                figures = plot_sphere(rows, slope, out / "sphere_dims", look)
             lines = ["| n | runs reaching f < ε | steps (mean ± 95% CI) | theory | measured / theory |",
                      "|---|---|---|---|---|"]
             lines += [f"| {r['n']} | {r['reached']}/{r['runs']} | {r['steps']:.1f} ± {r['ci']:.1f} | "
@@ -140,10 +154,10 @@ def main(argv: list[str]) -> int:
                       f"{float(np.polyfit(np.log([r['n'] for r in rows]), np.log([r['theory'] for r in rows]), 1)[0]):.3f})."]
             (out / "sphere_dims.md").write_text("\n".join(lines) + "\n")
             print("\n".join(lines))
-            drawn += [out / "sphere_dims.png", out / "sphere_dims.md"]
+            drawn += [*figures, out / "sphere_dims.md"]
         elif "train_x1" in group[0].metrics:
-            plot_paths(name, group, out / f"functions_{name}.png")
-            drawn.append(out / f"functions_{name}.png")
+            with look.rc():
+                drawn += plot_paths(name, group, out / f"functions_{name}", look)
     if not drawn:
         parser.error(f"no test-function runs (model=beale | rosenbrock | sphere) under {args.dir}")
     print("\n".join(f"→ {p}" for p in drawn))

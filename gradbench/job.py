@@ -20,15 +20,15 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gradbench import checkpoint, threads
+from gradbench import checkpoint, rundir, targets, threads
 from gradbench.data import Data
-from gradbench.errors import ConfigError, Interrupted, OccupiedRunDir, choose, require
+from gradbench.errors import ConfigError, Interrupted, OccupiedRunDir, WriteFailed, choose, require
 from gradbench.estimators import Estimator
 from gradbench.columns import STEP_COLUMNS, eval_columns
-from gradbench.metrics import MetricsWriter, write_json
+from gradbench.event_log import open_log
+from gradbench.metrics import MetricsWriter, atomic_write, remove_stale, write_json
 from gradbench.models import Model, Objective, Params, count_parameters
-from gradbench.plots import plot_run
-from gradbench.probes import GradientProbe
+from gradbench.estimators.probes import GradientProbe
 from gradbench.sweep import record
 from gradbench.validate import validate as check_config
 from gradbench.train import Result, Signals, Step, StopRule, predict, train
@@ -55,6 +55,13 @@ def resolve_device(name: str) -> torch.device:
         require(device.index < torch.cuda.device_count(), "device",
                 f"index must be < {torch.cuda.device_count()}", name)
     return device
+
+
+def set_deterministic(on: bool) -> None:
+    """torch.use_deterministic_algorithms, called only to change the setting: the call imports
+    torch._inductor, about 4 s of a 1 s penguins run on a 2-core machine."""
+    if torch.are_deterministic_algorithms_enabled() != on:
+        torch.use_deterministic_algorithms(on)
 
 
 def stream(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
@@ -131,16 +138,20 @@ def data_job(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def train_job(cfg: DictConfig, run_dir: Path) -> float:
-    """Train one config into `run_dir`; returns the headline metric for sweepers."""
+    """Train one config into `run_dir`, holding its write lock (gradbench.rundir); returns the
+    headline metric for sweepers."""
+    with rundir.lock(run_dir):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     resume = _checkpoint_to_resume(cfg, run_dir, config)  # also refuses a dir of another config's run
-    if cfg.skip_done and (done := finished_run(run_dir)):
-        log.info("skipped: %s already holds a finished run of this config", run_dir)
-        record(run_dir, "skipped")
-        return headline(done["final"], cfg.sweep_metric)
-    torch.use_deterministic_algorithms(cfg.deterministic)
+    if (done := _left_as_it_is(cfg, run_dir, resume)) is not None:
+        return done
+    set_deterministic(cfg.deterministic)
     s = setup(cfg)
     torch.set_num_threads(threads.choose(cfg.threads, s.device, lambda: step_flops(s, cfg.batch_size)))
     estimator: Estimator = build(cfg.estimator, "estimator", generator=stream(cfg.seed, "tangents", s.device))
@@ -151,31 +162,52 @@ def train_job(cfg: DictConfig, run_dir: Path) -> float:
     probes = (GradientProbe(),) if cfg.diagnose else ()
     columns = [*STEP_COLUMNS, *(c for probe in probes for c in probe.columns),
                *eval_columns(splits, s.model.metric_names)]
+    metrics_before = None
+    if resume:  # a checkpoint or metrics.csv the run cannot continue from: refused before any write
+        rundir.check_state(run_dir / checkpoint.FILE, resume, s.params, optimizer, scheduler, estimator, Result)
+        metrics_before = rundir.check_metrics(run_dir / "metrics.csv", columns, resume["step"])
     setup_time = time.perf_counter() - started
     log.info("run dir %s | %s | %d parameters | device %s", run_dir, _choices(), count_parameters(s.params), s.device)
 
+    for stale in remove_stale(run_dir):
+        log.info("removed %s, left by a run killed while writing it", stale.name)
     result, signals = Result(stop_reason="failed"), Signals()
-    try:
-        with signals, MetricsWriter(run_dir / "metrics.csv", columns,
-                                    resume_after=resume["step"] if resume else None) as writer:
-            result = train(
-                s.model, s.params, s.data, Step(estimator, optimizer, scheduler), writer,
-                batch_size=cfg.batch_size, eval_every=cfg.eval_every, eval_splits=splits,
-                eval_chunk=cfg.eval_chunk, generator=stream(cfg.seed, "batches"),
-                log_every_s=cfg.log_every_s, probes=probes,
-                stop=StopRule(cfg.max_steps, cfg.max_epochs, cfg.stop_below),
-                checkpoint=lambda state: checkpoint.save(run_dir, {**state, "config": config}),
-                checkpoint_every=cfg.checkpoint_every, resume=resume, signals=signals)
-    except Exception:
-        _finish(cfg, config, run_dir, s, result, setup_time, error=traceback.format_exc())
-        raise
-    _finish(cfg, config, run_dir, s, result, setup_time)
+    # The handlers stay through the end writes (checkpoint, model, plots, summary): a signal
+    # there lets them finish, they are short; the exit status says it came.
+    with signals:
+        try:
+            after = resume["step"] if resume else None
+            with MetricsWriter(run_dir / "metrics.csv", columns, resume_after=after) as csv_rows, \
+                    open_log(cfg.logger, csv_rows, run_dir, after) as writer:  # logger=tensorboard: + event files
+                result = train(
+                    s.model, s.params, s.data, Step(estimator, optimizer, scheduler), writer,
+                    batch_size=cfg.batch_size, eval_every=cfg.eval_every, eval_splits=splits,
+                    eval_chunk=cfg.eval_chunk, generator=stream(cfg.seed, "batches"),
+                    log_every_s=cfg.log_every_s, probes=probes,
+                    stop=StopRule(cfg.max_steps, cfg.max_epochs, cfg.stop_below),
+                    checkpoint=lambda state: checkpoint.save(run_dir, {**state, "config": config}),
+                    checkpoint_every=cfg.checkpoint_every, resume=resume, signals=signals)
+        except Exception:
+            try:  # a resumed run that failed before its next checkpoint: the dir as the command found it
+                if not (resume and rundir.roll_back(run_dir, resume["step"], metrics_before)):
+                    _finish(cfg, config, run_dir, s, result, setup_time, error=traceback.format_exc())
+            except WriteFailed as e:  # a full disk: the first failure is the one to report
+                log.error("%s", e)
+            raise
+        _finish(cfg, config, run_dir, s, result, setup_time)
+        record(run_dir, "finished" if result.stop_reason not in ("diverged", "interrupted") else result.stop_reason)
     log.info("stopped: %s after %d steps (%.3g s training, %.3g s/step mean) → %s",
-             result.stop_reason, result.steps, result.train_time_s, result.mean_step_time_s, run_dir)
-    record(run_dir, "finished" if result.stop_reason not in ("diverged", "interrupted") else result.stop_reason)
-    if result.stop_reason == "interrupted":
-        raise Interrupted(signals.signum or signal.SIGINT, run_dir, result.steps)
+             stop_text(result), result.steps, result.train_time_s, result.mean_step_time_s, run_dir)
+    if signals.signum is not None or result.stop_reason == "interrupted":
+        raise Interrupted(signals.signum or signal.SIGINT, run_dir, result.steps, result.stop_reason)
     return headline(result.final, cfg.sweep_metric)
+
+
+def stop_text(result: Result) -> str:
+    """The stop reason as the log and summary say it: `diverged at step N`, `max_steps`, ..."""
+    if result.stop_reason == "diverged" and result.diverged_at_step is not None:
+        return f"diverged at step {result.diverged_at_step}"
+    return result.stop_reason
 
 
 def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path, config: dict) -> dict | None:
@@ -191,20 +223,40 @@ def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path, config: dict) -> dict 
                                  f"{'; ...' if len(diff) > 4 else ''}): use another run or sweep dir")
     if not cfg.resume:
         return None
-    state = checkpoint.load(run_dir)
+    state = checkpoint.load(run_dir, targets.job_config_dir())
     if state is None and cfg.resume is not True:  # resume=RUN_DIR names one run: it must be there
         raise ConfigError(f"resume must name a run dir with a {checkpoint.FILE}, got {cfg.resume!r}")
     return state
 
 
+def _left_as_it_is(cfg: DictConfig, run_dir: Path, resume: dict | None) -> float | None:
+    """The headline of a stored run this job leaves as it is, or None to train. A run that is
+    done or diverged is skipped under skip_done or a sweep's resume=true, and refused under
+    resume=RUN_DIR; one past the new budget is always refused (gradbench.rundir.verdict)."""
+    done = finished_run(run_dir) if (cfg.skip_done or cfg.resume) else None
+    if done is None and resume is None:
+        return None
+    kind, why = rundir.verdict(resume, done, StopRule(cfg.max_steps, cfg.max_epochs, cfg.stop_below))
+    if kind == "go":
+        return None
+    if kind == "past" or (isinstance(cfg.resume, str) and not cfg.skip_done):
+        raise OccupiedRunDir(f"{run_dir}: {why}")
+    log.info("skipped: %s already holds a run of this config: %s", run_dir, why)
+    record(run_dir, "skipped")
+    return headline(done["final"], cfg.sweep_metric) if done else worst()
+
+
 def stored_config(run_dir: Path) -> dict | None:
     """The resolved config of the run `run_dir` holds (its checkpoint's, else its summary's),
-    or None if it holds no run yet."""
-    state = checkpoint.load(run_dir) if (run_dir / checkpoint.FILE).is_file() else None
+    or None if it holds no run yet; a config naming code to call is refused (gradbench.targets)."""
+    state = checkpoint.load(run_dir, targets.job_config_dir())
     if state is not None:
         return state["config"]
     summary = read_summary(run_dir)
-    return summary.get("config") if summary else None
+    if not summary or not isinstance(summary.get("config"), dict):
+        return None
+    targets.check(summary["config"], str(run_dir / "summary.json"), targets.job_config_dir(), prefix="config.")
+    return summary["config"]
 
 
 def headline(final: dict[str, dict[str, float]], metric: str) -> float:
@@ -241,10 +293,14 @@ def read_summary(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        summary = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         log.warning("unreadable %s (%s): treated as no summary", path, e)
         return None
+    if not isinstance(summary, dict):
+        log.warning("%s is no summary (a JSON %s): treated as no summary", path, type(summary).__name__)
+        return None
+    return summary
 
 
 def finished_run(run_dir: Path) -> dict | None:
@@ -267,6 +323,23 @@ def _choices() -> str:
     return " ".join(f"{g}={choices[g]}" for g in ("dataset", "model", "estimator", "optimizer") if g in choices)
 
 
+def _plot(run_dir: Path, initial: dict) -> list[str]:
+    """The run's figures as PNGs, each written atomically (plots.plot_run saves in place, where
+    a full disk would leave a partial PNG under its final name)."""
+    import matplotlib.pyplot as plt  # matplotlib: only a run that draws imports it
+
+    from gradbench.plots import draw_run
+
+    written = []
+    for figure, fig in draw_run(run_dir, initial).items():
+        try:  # dpi: plots.plot_run's
+            atomic_write(run_dir / f"{figure}.png", lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
+        finally:
+            plt.close(fig)
+        written.append(f"{figure}.png")
+    return written
+
+
 def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Result, setup_time: float,
             error: str | None = None) -> None:
     """model.pt, plots, then summary.json last (atomically): written whatever the stop reason,
@@ -276,13 +349,14 @@ def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Resu
     outputs = ["metrics.csv", checkpoint.FILE] if result.steps else []
     if cfg.save_model:
         # everything to rebuild and evaluate the model on raw inputs (README, "What a run writes")
-        torch.save({"state_dict": s.model.state_dict(), "model": OmegaConf.to_container(cfg.model),
-                    "config": config, "dtype": cfg.dtype, "input_shape": list(s.data.input_shape),
-                    "num_classes": s.data.num_classes, "class_names": s.data.class_names,
-                    "preprocessing": s.data.preprocessing}, run_dir / "model.pt")
+        model = {"state_dict": s.model.state_dict(), "model": OmegaConf.to_container(cfg.model),
+                 "config": config, "dtype": cfg.dtype, "input_shape": list(s.data.input_shape),
+                 "num_classes": s.data.num_classes, "class_names": s.data.class_names,
+                 "preprocessing": s.data.preprocessing}
+        atomic_write(run_dir / "model.pt", lambda f: torch.save(model, f), binary=True)
         outputs.append("model.pt")
     if cfg.plot and result.steps:
-        outputs += [p.name for p in plot_run(run_dir, result.initial)]
+        outputs += _plot(run_dir, result.initial)
     summary = {
         "stop_reason": result.stop_reason,
         "steps": result.steps,
@@ -303,12 +377,13 @@ def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Resu
         "config": config,
         "outputs": outputs,
         "initial": result.initial,
-        "final": result.final,
+        "final": result.final,  # a diverged run's accuracy and errors: null (not a result)
+        "diverged_at_step": result.diverged_at_step,
         "class_names": s.data.class_names,
     }
     if error:
         summary["error"] = error
-    if s.data.num_classes and len(s.data.splits["test"]) and s.data.splits["test"].y is not None:
-        test = s.data.splits["test"]
+    test = s.data.splits["test"]  # a diverged model's confusion is not a result either
+    if result.stop_reason != "diverged" and s.data.num_classes and len(test) and test.y is not None:
         summary["test_confusion"] = s.model.confusion(predict(s.model, s.params, test.x, cfg.eval_chunk), test.y).tolist()
     write_json(run_dir / "summary.json", summary)

@@ -9,9 +9,13 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported by the readers only: a training run never needs it
+    import pandas as pd
+
+from gradbench.errors import WriteFailed
+
 
 class MetricsWriter:
     """Tidy CSV, one row per step: header once, empty cells where a value was not computed,
@@ -22,7 +26,16 @@ class MetricsWriter:
     counted twice."""
 
     def __init__(self, path: Path, columns: list[str], resume_after: int | None = None) -> None:
-        self.columns = columns
+        self.columns, self.path = columns, path
+        self._file = None
+        try:
+            self._open(resume_after)
+        except OSError as e:
+            self.close()
+            raise WriteFailed(path, e) from None
+
+    def _open(self, resume_after: int | None) -> None:
+        path, columns = self.path, self.columns
         if resume_after is not None:
             kept = [line for line in whole_lines(path)[1:] if int(line.split(",", 1)[0]) <= resume_after]
             atomic_write(path, lambda f: f.write("".join([",".join(columns) + "\n", *kept])))
@@ -35,11 +48,20 @@ class MetricsWriter:
         self._file.flush()
 
     def write(self, row: dict) -> None:
-        self._writer.writerow({k: _cell(v) for k, v in row.items()})
-        self._file.flush()
+        """Append one row; a full disk raises WriteFailed (the rows before stay, this one may be
+        cut mid-line: whole_lines and resume drop it)."""
+        try:
+            self._writer.writerow({k: _cell(v) for k, v in row.items()})
+            self._file.flush()
+        except OSError as e:
+            raise WriteFailed(self.path, e) from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            if self._file is not None:
+                self._file.close()
+        except OSError:  # only after a failed write, already raised: the row it held is lost
+            pass
 
     def __enter__(self) -> MetricsWriter:
         return self
@@ -60,12 +82,16 @@ def whole_lines(path: Path) -> list[str]:
 
 def read_metrics(path: Path) -> pd.DataFrame:
     """metrics.csv as a frame, without a last row cut mid-line (a run killed while writing)."""
+    import pandas as pd
+
     lines = whole_lines(path) if Path(path).exists() else []
     return pd.read_csv(io.StringIO("".join(lines))) if lines else pd.DataFrame()
 
 
 def with_initial(frame: pd.DataFrame, initial: dict | None) -> pd.DataFrame:
     """The CSV with the initial evaluation as step 0 at train time 0 (summary.json's `initial`)."""
+    import pandas as pd
+
     row = {f"{split}_{name}": math.nan if value is None else value  # null: a non-finite value (write_json)
            for split, metrics in (initial or {}).items() for name, value in metrics.items()}
     if not row:
@@ -74,14 +100,51 @@ def with_initial(frame: pd.DataFrame, initial: dict | None) -> pd.DataFrame:
 
 
 def atomic_write(path: Path, write: Callable, binary: bool = False) -> None:
-    """`write(file)` into a temporary file beside `path`, then rename it over `path`."""
+    """`write(file)` into a temporary file beside `path`, then rename it over `path`. A write
+    that fails (a full disk) removes the temporary file, leaves `path` as it was and raises
+    WriteFailed; a kill mid-write leaves the temporary file (remove_stale)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb" if binary else "w") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception) and (cause := os_error(e)):
+            raise WriteFailed(path, cause) from None
+        raise
+
+
+def os_error(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: itself, or the one torch.save turns into a RuntimeError."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def remove_stale(folder: Path) -> list[Path]:
+    """Remove atomic_write's temporary files in `folder` that no live process is writing (a
+    run killed mid-write): `.<name>.<pid>.tmp` whose pid is gone, or is this process's."""
+    removed = []
+    for tmp in Path(folder).glob(".*.*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and (int(pid) == os.getpid() or not _alive(int(pid))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -1,57 +1,65 @@
 """Plots of one run, drawn from its files alone (metrics.csv, .hydra/, summary.json's initial
 evaluation), so any run can be re-plotted later:
 
-    python -m gradbench.plots outputs/runs/<date>/<time>
+    python -m gradbench.plots outputs/runs/<date>/<time> [--style paper --width column --format pdf]
 
 One <figure>.png per figure of gradbench.columns that the CSV has values for (loss, accuracy,
-errors, the test functions' gap and distance, the diagnostics of `diagnose=true`): the
-metric against step and against train time, step 0 = the initial evaluation, one colour per
-split (columns.SPLIT_COLOURS) in every file, log scale where the column says so, and a title
-saying what ran.
+error rate, the test functions' gap and distance, the diagnostics of `diagnose=true`): the
+metric against step and against training time, step 0 = the initial evaluation, one colour per
+split (figstyle.SPLIT_COLOURS) in every file, log scale where the column says so, and a title
+saying what ran in the words of gradbench.names. A diverged run is marked: the y range stops
+short of the blow-up, a ✕ and "diverged at step N" where it happened.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-import textwrap
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import yaml
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import yaml  # noqa: E402
-
-from gradbench.checkpoint import NEUTRAL  # noqa: E402
-from gradbench.report_runs import hydra_choices  # noqa: E402
-from gradbench.validate import GROUPS  # noqa: E402
-from gradbench.columns import SPLIT_COLOURS, describe, split_of  # noqa: E402
-from gradbench.metrics import read_metrics, with_initial  # noqa: E402
+from gradbench import names
+from gradbench.checkpoint import NEUTRAL
+from gradbench.columns import SPLITS, describe, split_of, with_rates
+from gradbench.figstyle import SPLIT_COLOURS, Look, add_arguments, integer_steps, legend, look_of, mark_diverged, \
+    plain_log_ticks, wrap
+from gradbench.metrics import read_metrics, with_initial
+from gradbench.report_runs import hydra_choices
+from gradbench.validate import GROUPS
 
 HUGE = 1e30  # a diverging run's values beyond this are clipped to it (drawing 1e285 overflows)
+BLOWUP = 1e3  # a diverged run's log axes stop at this many times its first value: the rest is the blow-up
 
 
-def run_title(run_dir: Path) -> str:
-    """What ran: the group choices, the other overrides (no seed, no result-neutral keys), the
-    seed; from the run's .hydra/ files (empty where they are missing)."""
+def run_title(run_dir: Path, summary: dict | None = None) -> list[str]:
+    """What ran, as display names (gradbench.names): data, model, estimator, optimizer, the other
+    overrides (no seed, no result-neutral keys), the seed; from the run's .hydra/ files."""
     hydra_dir = Path(run_dir) / ".hydra"
     read = lambda name: yaml.safe_load((hydra_dir / name).read_text()) if (hydra_dir / name).is_file() else None  # noqa: E731
-    choices = hydra_choices(run_dir)
-    overrides = [str(o) for o in read("overrides.yaml") or []]
-    seed = (read("config.yaml") or {}).get("seed")
-    keys = lambda o: o.lstrip("+~").partition("=")[0]  # noqa: E731
-    rest = [o.lstrip("+") for o in overrides if keys(o) not in (*GROUPS, "seed") and keys(o).split(".")[0] not in NEUTRAL
-            and not keys(o).startswith("hydra")]
-    head = " · ".join(f"{choices[g]}" for g in GROUPS if g in choices and not (g == "schedule" and choices[g] == "constant"))
-    parts = [head or Path(run_dir).name, *rest] + ([f"seed {seed}"] if seed is not None else [])
-    return "\n".join(textwrap.wrap(" | ".join(parts), 110))
+    choices, config = hydra_choices(run_dir), read("config.yaml") or {}
+    overrides = [str(o).lstrip("+~") for o in read("overrides.yaml") or []]
+    key = lambda o: o.partition("=")[0]  # noqa: E731
+    rest = {key(o): o.partition("=")[2] for o in overrides
+            if key(o) not in (*GROUPS, "seed", *names.MODEL_KEYS) and key(o).split(".")[0] not in NEUTRAL
+            and not key(o).startswith("hydra")}
+    head = []
+    for group in GROUPS:
+        if group not in choices or (group, choices[group]) in (("schedule", "constant"), ("dataset", "none")):
+            continue
+        head.append(names.model_name(config, choices[group], summary) if group == "model"
+                    else names.option(group, choices[group]))
+    parts = head or [Path(run_dir).name]
+    parts += [names.setting(k, v) for k, v in rest.items()]
+    return parts + ([f"seed {config['seed']}"] if config.get("seed") is not None else [])
 
 
 def figures(frame: pd.DataFrame) -> dict[str, list[str]]:
-    """figure name → the CSV's columns drawn in it (in CSV order: batch_loss before the splits)."""
+    """figure name → the frame's columns drawn in it (in CSV order: batch_loss before the splits)."""
     found: dict[str, list[str]] = {}
     for column in frame.columns:
         try:
@@ -64,56 +72,116 @@ def figures(frame: pd.DataFrame) -> dict[str, list[str]]:
     return {figure: sorted(columns, key=lambda c: split_of(c) != "batch") for figure, columns in found.items()}
 
 
-def plot_run(run_dir: Path, initial: dict | None = None) -> list[Path]:
-    """Write <figure>.png for each figure the run's metrics.csv has values for; `initial` (the
-    evaluation before the first step) defaults to summary.json's."""
+def diverged_at(frame: pd.DataFrame, summary: dict | None) -> int | None:
+    """The step a run diverged at: summary.json's `diverged_at_step` where it has one; else the
+    first step with a non-finite loss in the CSV (the batch loss is written every step, so an
+    empty one is a NaN; a split's loss counts where the split was evaluated), which also serves
+    run plots drawn before the summary exists; else, when the summary says `diverged` (parameters
+    that went non-finite after a finite loss), the last step; None for a healthy run."""
+    summary = summary or {}
+    if "diverged_at_step" in summary:
+        return summary["diverged_at_step"]
+    steps = frame[frame["step"] > 0]  # not the initial evaluation
+    bad = pd.Series(False, index=steps.index)
+    if "batch_loss" in steps:
+        bad |= ~np.isfinite(steps["batch_loss"].astype(float))
+    for split in SPLITS:
+        loss, other = f"{split}_loss", [c for c in steps if split_of(c) == split and c != f"{split}_loss"]
+        if loss in steps:
+            evaluated = steps[other].notna().any(axis=1) if other else steps[loss].notna()
+            bad |= evaluated & ~np.isfinite(steps[loss].astype(float))
+    if bad.any():
+        return int(steps.loc[bad, "step"].iloc[0])
+    return int(frame["step"].max()) if summary.get("stop_reason") == "diverged" and len(frame) else None
+
+
+def plot_run(run_dir: Path, initial: dict | None = None, look: Look = Look()) -> list[Path]:
+    """Write <figure>.<format> for each figure the run's metrics.csv has values for; `initial`
+    (the evaluation before the first step) defaults to summary.json's."""
     written = []
-    for figure, fig in draw_run(run_dir, initial).items():
-        path = Path(run_dir) / f"{figure}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+    with look.rc():
+        for figure, fig in draw_run(run_dir, initial, look).items():
+            written += look.save(fig, Path(run_dir) / figure)
     return written
 
 
-def draw_run(run_dir: Path, initial: dict | None = None) -> dict[str, plt.Figure]:
+def draw_run(run_dir: Path, initial: dict | None = None, look: Look = Look()) -> dict[str, plt.Figure]:
     """The run's figures, by name (plot_run saves them)."""
     run_dir = Path(run_dir)
-    if initial is None and (run_dir / "summary.json").is_file():
-        initial = json.loads((run_dir / "summary.json").read_text()).get("initial")
-    frame = with_initial(read_metrics(run_dir / "metrics.csv"), initial)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else None
+    if initial is None and summary:
+        initial = summary.get("initial")
+    raw = with_initial(read_metrics(run_dir / "metrics.csv"), initial)
+    diverged = diverged_at(raw, summary)
+    frame = with_rates(raw)
     numbers = frame.select_dtypes("number")
     frame[numbers.columns] = numbers.where(np.isfinite(numbers)).clip(-HUGE, HUGE)
-    title = run_title(run_dir)
+    title = wrap(run_title(run_dir, summary), 60 if look.paper else 110)
     drawn = {}
     for figure, columns in figures(frame).items():
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=look.size((11, 4.4)), sharey=True)
+        width, size = plt.rcParams["lines.linewidth"], plt.rcParams["lines.markersize"]
         for i, column in enumerate(columns):
             split = split_of(column)
             rows = frame[frame[column].notna()]
             batch = split == "batch"
+            name = "batch (each step)" if batch else names.SPLITS.get(split) or describe(column).label
             for ax, x in zip(axes, ("step", "train_time_s")):
-                ax.plot(rows[x], rows[column], label="batch (each step)" if batch else split or column,
-                        color=SPLIT_COLOURS.get(split, f"C{i}"), lw=1.0 if batch else 1.8, alpha=0.6 if batch else 1.0,
-                        marker="o" if len(rows) <= 12 and not batch else None, ms=3)
+                ax.plot(rows[x], rows[column], label=name, color=SPLIT_COLOURS.get(split, f"C{i}"),
+                        lw=width * (0.55 if batch else 1), alpha=0.6 if batch else 1.0,
+                        marker="o" if len(rows) <= 12 and not batch else None, ms=size / 2)
         column = describe(columns[-1])  # the evaluations' column (the batch loss sorts first)
-        for ax, xlabel in zip(axes, ("step", "train time (s)")):
+        for ax, xlabel in zip(axes, ("step", "training time (s)")):
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
+        integer_steps(axes[0])
         axes[0].set_ylabel(column.axis())
         if column.log and (frame[columns].min(numeric_only=True) > 0).all():
             axes[0].set_yscale("log")
-        axes[1].legend(loc="best", fontsize="small")
-        fig.suptitle(f"{column.label}\n{title}", fontsize="medium")
+            if diverged is not None:
+                stop_before_blowup(axes[0], frame[columns])
+        plain_log_ticks(axes[0])
+        upto = frame[frame["step"] <= (diverged if diverged is not None else -1)]
+        drawn_values = upto.dropna(subset=columns, how="all")
+        if len(drawn_values):  # diverged: a ✕ at its step, at the last value drawn (beyond the top: on the edge)
+            y, time = drawn_values[columns].iloc[-1].max(), upto["train_time_s"].dropna().iloc[-1]
+            for ax, x in zip(axes, (diverged, time)):
+                mark_diverged(ax, x, y, diverged, note=ax is axes[0])
+        legend(fig, axes[1], look)
+        if look.titles:
+            fig.suptitle(f"{column.label[0].upper()}{column.label[1:]}\n{title}", fontsize="medium")
         fig.tight_layout()
         drawn[figure] = fig
     return drawn
 
 
+def stop_before_blowup(ax, values: pd.DataFrame) -> None:
+    """A diverged run's y range: its values up to BLOWUP times the first one, so the curve before
+    the blow-up stays readable (1e31 would flatten it); the ✕ sits on the top edge."""
+    flat = values.stack().to_numpy(float)
+    flat = flat[np.isfinite(flat) & (flat > 0)]
+    if not len(flat):
+        return
+    first = values.bfill().iloc[0].dropna()
+    cap = (first.max() if len(first) else flat[0]) * BLOWUP
+    kept = flat[flat <= cap]
+    ax.set_ylim(kept.min() / 1.3, min(flat.max(), cap) * 1.3)
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print("usage: python -m gradbench.plots RUN_DIR [RUN_DIR ...] [--style paper] [--width column|page] "
+              "[--format pdf ...]  (redraws a run's plots from its metrics.csv)", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(prog="python -m gradbench.plots", description="Redraw run plots from "
+                                     "their metrics.csv, summary.json and .hydra/.")
+    parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    for run in args.runs:
+        print("\n".join(str(p) for p in plot_run(run, look=look_of(args))))
+    return 0
+
+
 if __name__ == "__main__":
-    if not sys.argv[1:]:
-        print("usage: python -m gradbench.plots RUN_DIR [RUN_DIR ...]  (redraws a run's plots from its metrics.csv)",
-              file=sys.stderr)
-        sys.exit(2)
-    for arg in sys.argv[1:]:
-        print("\n".join(str(p) for p in plot_run(Path(arg))))
+    sys.exit(main(sys.argv[1:]))

@@ -2,11 +2,14 @@
 
     gradbench report outputs/multirun/<date>/<time> [--target-loss 0.3 | --target-accuracy 0.9] [--select val_loss]
                      [--best-per estimator] [--reference FILE.yaml] [--ignore KEY ...] [--out OUT]
+                     [--style paper] [--width column|page] [--format pdf svg png]
 
 Groups are the runs' resolved configs minus the seed and result-neutral keys, labelled by their
-overrides; cells are mean ± 95% CI over the group's seeds
-(gradbench.report_runs). Writes table.csv, table.md, best.md, confusion.png, <metric>.png
-overlays (gradbench.report_plots) and, with --best-per, table_best.csv/.md; prints the tables.
+overrides (in the figures: by gradbench.names); cells are mean ± 95% CI over the group's seeds
+(gradbench.report_runs), clipped to the metric's range and shown as [lo, hi] where the t-interval
+would leave it (gradbench.report_cells). Writes table.csv, table.md, best.md (the best group and the groups tied with
+it), confusion.png, <metric>.png overlays (gradbench.report_plots; --format for PDF or SVG)
+and, with --best-per, table_best.csv/.md; prints the tables.
 """
 
 from __future__ import annotations
@@ -21,29 +24,12 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
+from gradbench import names
 from gradbench.columns import better
-from gradbench.report_runs import Run, aggregate, assign_groups, find_runs, group_of, metric_columns, runs_frame
-
-CI_NOTE = ("cells: mean ± 95% CI over seeds (Student t: t·s/√n; the mean alone for one run or equal values); "
-           "failed, diverged and interrupted runs are counted in `failed` and left out of the means")
-
-
-def fmt(x, digits: int = 4) -> str:
-    if isinstance(x, str):
-        return x
-    if x is None or not math.isfinite(x):
-        return ""
-    return f"{x:.0f}" if abs(x) >= 10**digits else f"{x:.{digits}g}"
-
-
-def cell(row: pd.Series, metric: str) -> str:
-    """`mean ± ci` (the mean alone for one run or identical runs); the stop reason where no run of
-    the group finished."""
-    if row["ok"] == 0:
-        return row["status"]
-    mean, ci = row.get(metric, math.nan), row.get(f"{metric}_ci", math.nan)
-    return fmt(mean) if not (math.isfinite(ci) and ci > 0) else f"{fmt(mean)} ± {fmt(ci, 2)}"
-
+from gradbench.figstyle import add_arguments, look_of
+from gradbench.report_cells import CI_NOTE, TIE_RULE, best_row, cell, fmt, interval, maximise, ties
+from gradbench.report_runs import Run, aggregate, assign_groups, find_runs, group_of, metric_columns, resolved, \
+    runs_frame
 
 def varying(groups: list[dict[str, str]]) -> list[str]:
     """The override keys whose value differs between groups (a missing key counts as a value)."""
@@ -61,6 +47,7 @@ def markdown(table: pd.DataFrame, keys: list[str]) -> str:
     """A markdown table: group keys, run counts, then each metric with its `report` column beside it."""
     keys = keys or ["group"]
     columns = [*keys, "n", "failed", "stops"] + (["reached"] if "reached" in table else [])
+    columns += ["tied"] if "tied" in table else []
     for metric in shown(table):
         columns += [metric] + ([f"report {metric}"] if f"report {metric}" in table else [])
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -70,7 +57,7 @@ def markdown(table: pd.DataFrame, keys: list[str]) -> str:
             if c == "reached":
                 # out of every run: a diverged run did not reach the target either
                 cells.append(f"{row['reached']}/{row['n']}")
-            elif c in keys or c in ("n", "failed", "stops") or c.startswith("report "):
+            elif c in keys or c in ("n", "failed", "stops", "tied") or c.startswith("report "):
                 cells.append(fmt(row[c]) if isinstance(row[c], float) else "" if row[c] is None else str(row[c]))
             else:
                 cells.append(cell(row, c))
@@ -79,10 +66,13 @@ def markdown(table: pd.DataFrame, keys: list[str]) -> str:
 
 
 def csv_columns(table: pd.DataFrame, keys: list[str]) -> list[str]:
-    """table.csv: group keys, full override string, counts, then per metric mean, CI, report value."""
+    """table.csv: group keys, full override string, counts, then per metric mean, CI half-width,
+    the clipped interval (lo, hi) and the report's value."""
     columns = [*keys, "group", "n", "ok", "failed", "status", "stops"] + (["reached"] if "reached" in table else [])
+    columns += ["tied"] if "tied" in table else []
     for metric in [c for c in table.columns if f"{c}_ci" in table]:
-        columns += [metric, f"{metric}_ci"] + ([f"report {metric}"] if f"report {metric}" in table else [])
+        columns += [metric, f"{metric}_ci", f"{metric}_lo", f"{metric}_hi"]
+        columns += [f"report {metric}"] if f"report {metric}" in table else []
     return columns
 
 
@@ -133,22 +123,8 @@ def attach_reference(table: pd.DataFrame, first: dict[str, Run], reference: dict
     return unmatched
 
 
-def maximise(metric: str) -> bool:
-    return better(metric) == "max"  # gradbench.columns: each column's direction
-
-
 def default_select(table: pd.DataFrame) -> str | None:
     return next((m for m in ("val_accuracy", "val_loss", "train_loss") if m in table and table[m].notna().any()), None)
-
-
-def best_row(table: pd.DataFrame, metric: str):
-    """Index of the best group by the metric's mean; groups with a failed run only if no group is complete."""
-    candidates = table[table[metric].notna()]
-    if (candidates["failed"] == 0).any():
-        candidates = candidates[candidates["failed"] == 0]
-    if candidates.empty:
-        return None
-    return candidates[metric].idxmax() if maximise(metric) else candidates[metric].idxmin()
 
 
 def best_per(table: pd.DataFrame, first: dict[str, Run], key: str, metric: str) -> pd.DataFrame:
@@ -157,8 +133,12 @@ def best_per(table: pd.DataFrame, first: dict[str, Run], key: str, metric: str) 
     if all(v is None for v in values):
         raise ValueError(f"--best-per {key}: no run has it as an override, group choice or config key")
     table = table.assign(**{key: [str(v) for v in values]})
-    rows = [best_row(part, metric) for _, part in table.groupby(key, sort=False)]
-    return table.loc[[r for r in rows if r is not None]]
+    rows, tied = [], []
+    for _, part in table.groupby(key, sort=False):
+        if (best := best_row(part, metric)) is not None:
+            rows.append(best)
+            tied.append("; ".join(part.loc[i, "group"] for i in ties(part, metric, best)))
+    return table.loc[rows].assign(tied=tied)
 
 
 def confusion(runs: list[Run]) -> np.ndarray | None:
@@ -173,10 +153,17 @@ def class_names(runs: list[Run], k: int) -> list[str]:
     return [str(n) for n in names] if names and len(names) == k else [str(i) for i in range(k)]
 
 
-def best_section(row: pd.Series, metric: str, runs: list[Run], matrix: np.ndarray | None) -> str:
-    """best.md: the selected group, its selection metric and test metrics, its confusion matrix."""
-    lines = [f"## Best group by {metric} ({'max' if maximise(metric) else 'min'}): {row['group']}", "",
-             f"- {metric}: {cell(row, metric)} (runs: {row['stops']})"]
+def best_section(row: pd.Series, metric: str, runs: list[Run], matrix: np.ndarray | None,
+                 tied: list[pd.Series] = ()) -> str:
+    """best.md: the selected group, the groups tied with it, its selection metric and test
+    metrics, its confusion matrix."""
+    lines = [f"## Best group by {metric} ({'max' if maximise(metric) else 'min'}): {row['group']}", ""]
+    if tied:
+        lines += [f"**Tied with {len(tied)} other group(s)**, not distinguishable by these seeds ({TIE_RULE}):", ""]
+        lines += [f"- {t['group']}: {metric} {cell(t, metric)}" for t in tied] + [""]
+    else:
+        lines += [f"No other group is tied with it ({TIE_RULE}).", ""]
+    lines += [f"- {metric}: {cell(row, metric)} (runs: {row['stops']})"]
     lines += [f"- {m}: {cell(row, m)}" for m in row.index if m.startswith("test_") and not m.endswith("_ci")]
     if matrix is not None:
         n = sum(1 for r in runs if r.ok and r.summary.get("test_confusion"))
@@ -220,12 +207,16 @@ def report(args: argparse.Namespace) -> int:
 
     out = Path(args.out or args.dir)
     out.mkdir(parents=True, exist_ok=True)
-    short = {g: " ".join(f"{k}={group_of(first[g], ignore).get(k, '')}" for k in keys) or g for g in by_group}
+    short = {}
+    for g in by_group:  # display names may coincide where raw values differ: keep every group apart
+        name = display(first[g], keys)
+        short[g] = name if name not in short.values() else f"{name} #{sum(v.startswith(name) for v in short.values()) + 1}"
     extra = failures(runs) + "".join(f"\n- broken run dir, left out: {p} ({why})" for p, why in broken.items())
     text = write_table(table, keys, out / "table", reference.get("source"), extra)
     if metric is not None and (i := best_row(table, metric)) is not None:
         group = table.at[i, "group"]
-        text += "\n" + write_best(table.loc[i], metric, by_group[group], short[group], out, args.no_plots)
+        tied = [table.loc[t] for t in ties(table, metric, i)]
+        text += "\n" + write_best(table.loc[i], metric, by_group[group], short[group], out, args, tied)
     if args.best_per and metric is None:
         note(f"--best-per {args.best_per}: no metric to select on (no run finished)")
     elif args.best_per:
@@ -237,10 +228,17 @@ def report(args: argparse.Namespace) -> int:
         from gradbench.report_plots import plot_overlays
 
         plot_overlays({short[g]: [(r.curve(), r.summary.get("stop_reason", "")) for r in rs]
-                       for g, rs in by_group.items()}, out)
+                       for g, rs in by_group.items()}, out, look_of(args))
     print(text, end="")
     note(f"{len(runs)} runs in {len(by_group)} groups → {out}")
     return 0
+
+
+def display(run: Run, keys: list[str]) -> str:
+    """A group's label in the figures: the keys that vary between groups, in words (gradbench.names),
+    each with this group's value (a key it does not override: its config value)."""
+    values = {k: run.lookup(k) for k in keys}
+    return names.label(values, run.choices, resolved(run), run.summary) if keys else "all runs"
 
 
 def group_runs(runs: list[Run], ignore: tuple[str, ...]) -> dict[str, list[Run]]:
@@ -271,23 +269,27 @@ def failures(runs: list[Run]) -> str:
 
 def write_table(table: pd.DataFrame, keys: list[str], stem: Path, source: str | None, extra: str = "") -> str:
     """<stem>.csv and <stem>.md (the table, a note on the cells, then `extra`); returns the markdown."""
-    table[[c for c in csv_columns(table, keys) if c in table]].to_csv(stem.with_suffix(".csv"), index=False)
+    ends = {f"{m}{end}": [interval(row, m)[k] for _, row in table.iterrows()]
+            for m in [c for c in table.columns if f"{c}_ci" in table] for k, end in enumerate(("_lo", "_hi"))}
+    out = table.assign(**ends)
+    out[[c for c in csv_columns(out, keys) if c in out]].to_csv(stem.with_suffix(".csv"), index=False)
     text = markdown(table, keys) + f"\n{CI_NOTE}" + (f"; `report` columns: {source}" if source else "") + ".\n"
     text += extra + "\n" if extra else ""
     stem.with_suffix(".md").write_text(text)
     return text
 
 
-def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Path, no_plots: bool) -> str:
+def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Path, args: argparse.Namespace,
+               tied: list[pd.Series] = ()) -> str:
     """best.md and confusion.png (the mean test confusion over the group's seeds)."""
     matrix = confusion(runs)
-    text = best_section(row, metric, runs, None if no_plots else matrix)
-    if matrix is not None and not no_plots:
+    text = best_section(row, metric, runs, None if args.no_plots else matrix, tied)
+    if matrix is not None and not args.no_plots:
         from gradbench.report_plots import plot_confusion
 
         n = sum(1 for r in runs if r.ok and r.summary.get("test_confusion"))
-        plot_confusion(matrix, f"{name}\ntest set, mean over {n} seed(s)", out / "confusion.png",
-                       class_names(runs, len(matrix)))
+        plot_confusion(matrix, f"{name}\ntest set, mean over {n} seed(s)", out / "confusion",
+                       class_names(runs, len(matrix)), look_of(args))
     (out / "best.md").write_text(text)
     return text
 
@@ -324,5 +326,6 @@ def parser() -> argparse.ArgumentParser:
                    "for each value of KEY, a group choice or override key such as estimator")
     p.add_argument("--reference", type=Path, metavar="FILE.yaml",
                    help="a report's numbers to show beside ours (default: `reference` in the runs' config)")
-    p.add_argument("--no-plots", action="store_true", help="tables only (no PNGs)")
+    p.add_argument("--no-plots", action="store_true", help="tables only (no figures)")
+    add_arguments(p)
     return p

@@ -1,12 +1,15 @@
 """Plots of `gradbench report`, drawn from the runs' metrics.csv and summary.json alone.
 
-<column>.png for each evaluated metric (train_loss, val_accuracy, ...), against step and
-against train time: each seed thin, the group's mean bold, drawn only over the steps every
-finished seed of the group reaches (a mean over the seeds still running would jump where one
-stops: survivor bias), so the legend says where the mean ends. Diverged and failed runs are
-drawn dotted up to their last finite value; a group with nothing to draw stays in the legend,
-marked. Groups differ in colour and line style (ten colours, four styles), and are labelled
-by the keys that vary. confusion.png: a k × k matrix with its values in the cells.
+<column>.png (or .pdf, .svg: gradbench.figstyle) for each evaluated metric (train_loss,
+val_accuracy, ...), against step and against training time: each seed thin, the group's mean
+bold, drawn only over the steps every finished seed of the group reaches (a mean over the
+seeds still running would jump where one stops: survivor bias), so the legend says where the
+mean ends. Dotted means diverged or failed, nothing else: such runs are drawn dotted up to
+their last finite value with a ✕; a group with nothing to draw stays in the legend, marked.
+Groups differ in colour, line style and marker (markers staggered along the curve, so groups
+whose curves coincide stay visible; the legend says "identical to …" where their means are
+equal), and are labelled in the words of gradbench.names. confusion.png: a k × k matrix with
+its values in the cells.
 """
 
 from __future__ import annotations
@@ -15,25 +18,30 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
+from gradbench import names
+from gradbench.columns import describe, split_of
+from gradbench.figstyle import DOTTED, PALETTE, Look, integer_steps, legend, plain_log_ticks
+from gradbench.plots import HUGE
+from gradbench.report_runs import BAD
 
-from gradbench.columns import describe, split_of  # noqa: E402
-from gradbench.plots import HUGE  # noqa: E402
-from gradbench.report_runs import BAD  # noqa: E402
-
-STYLES = ("-", "--", "-.", ":")
+STYLES = ("-", "--", "-.")  # not ":": dotted is reserved for diverged and failed runs
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+MARKS = 8  # markers along each mean curve
+SAME = 1e-4  # relative difference at every step below which two mean curves are "identical": float32
+# rounding (hand-derived backprop vs autograd differ by ~1e-6), far below what a figure resolves
 
 
 def style(i: int) -> dict:
-    """Group i's colour and line style: tab10's ten colours, the style changing with each colour
-    and each round of ten, so no two of forty groups look alike and equal curves stay visible."""
-    return {"color": plt.cm.tab10(i % 10), "linestyle": STYLES[(i + i // 10) % len(STYLES)]}
+    """Group i's colour, line style and marker: the eight Okabe–Ito colours, the style and the
+    marker changing with each round of eight, so no two of 100 groups look alike."""
+    n = len(PALETTE)
+    return {"color": PALETTE[i % n], "linestyle": STYLES[(i // n) % len(STYLES)],
+            "marker": MARKERS[(i + i // n) % len(MARKERS)]}
 
 
 def curve_columns(frames: list[pd.DataFrame]) -> list[str]:
@@ -63,25 +71,30 @@ def common_mean(frames: list[pd.DataFrame], column: str) -> tuple[np.ndarray, np
             np.mean([interp(r, column) for r in rows], 0))
 
 
-def plot_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], out: Path) -> list[Path]:
-    """<column>.png per evaluated metric; `groups`: label → [(curve, stop reason)] per run."""
+def plot_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], out: Path, look: Look = Look()) -> list[Path]:
+    """<column>.<format> per evaluated metric; `groups`: label → [(curve, stop reason)] per run."""
     written = []
-    for column, fig in draw_overlays(groups).items():
-        path = Path(out) / f"{column}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+    with look.rc():
+        for column, fig in draw_overlays(groups, look).items():
+            written += look.save(fig, Path(out) / column)
     return written
 
 
-def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]]) -> dict[str, plt.Figure]:
+def axis_label(column: str) -> str:
+    """`train_loss` → "training loss"."""
+    return f"{names.SPLITS.get(split_of(column), split_of(column))} {describe(column).axis()}"
+
+
+def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look = Look()) -> dict[str, plt.Figure]:
     """The overlay figures by column (plot_overlays saves them)."""
     drawn = {}
+    thin, bold = plt.rcParams["lines.linewidth"] * 0.5, plt.rcParams["lines.linewidth"] * 1.5
     for column in curve_columns([f for runs in groups.values() for f, _ in runs]):
-        fig, axes = plt.subplots(1, 2, figsize=(12.5, 4.8), sharey=True)
-        handles, positive, ends = [], True, []
+        fig, axes = plt.subplots(1, 2, figsize=look.size((12.5, 4.8)), sharey=True)
+        handles, positive, ends, means = [], True, [], {}
         for i, (name, runs) in enumerate(groups.items()):
-            look = style(i)
+            look_i = style(i)
+            line = {"color": look_i["color"], "linestyle": look_i["linestyle"]}
             ok = [f for f, stop in runs if stop not in BAD and len(finite(f, column))]
             for frame, stop in runs:  # each seed thin; a diverged or failed one dotted, ✕ at its end
                 rows = finite(frame, column)
@@ -90,34 +103,57 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]]) -> dict[str
                 failed = stop in BAD
                 positive &= bool((rows[column] > 0).all())
                 for ax, x in zip(axes, ("step", "train_time_s")):
-                    ax.plot(rows[x], rows[column], color=look["color"], linestyle=":" if failed else look["linestyle"],
-                            lw=0.9 if failed else 0.7, alpha=0.6 if failed else 0.35)
+                    ax.plot(rows[x], rows[column], color=line["color"], linestyle=DOTTED if failed else line["linestyle"],
+                            lw=thin * 1.3 if failed else thin, alpha=0.7 if failed else 0.35)
                     if failed:
-                        ends.append((ax, rows[x].iloc[-1], rows[column].iloc[-1], look["color"]))
-            text = legend_text(name, runs, ok, column)
+                        ends.append((ax, rows[x].iloc[-1], rows[column].iloc[-1], line["color"]))
             if ok:
-                steps, time, mean = common_mean(ok, column)
+                means[name] = common_mean(ok, column)
+                steps, time, mean = means[name]
+                # MARKS markers evenly along the curve (fractions of the axes' diagonal), each group's
+                # shifted by its share of one spacing: on coinciding means both groups' markers show
+                every = (i / (len(groups) * MARKS), 1 / MARKS)
                 for ax, x in zip(axes, (steps, time)):
-                    ax.plot(x, mean, lw=2.2, **look)
-            handles.append(Line2D([], [], lw=2.2 if ok else 1.0, marker=None if ok else "x", **look, label=text))
-        for ax, xlabel in zip(axes, ("step", "train time (s), mean over seeds")):
+                    ax.plot(x, mean, lw=bold, marker=look_i["marker"], markevery=every, ms=plt.rcParams["lines.markersize"] * 0.6,
+                            **line)
+            text = legend_text(name, runs, ok, column, identical(name, means))
+            handles.append(Line2D([], [], lw=bold if ok else thin, marker=look_i["marker"] if ok else "x", **line, label=text))
+        for ax, xlabel in zip(axes, ("step", "training time (s)")):
             ax.set_xlabel(xlabel)
             ax.grid(alpha=0.3)
+        integer_steps(axes[0])
         info = describe(column)
-        axes[0].set_ylabel(f"{split_of(column)} {info.axis()}")
+        axes[0].set_ylabel(axis_label(column))
         log = info.log and positive
         if log:
             axes[0].set_yscale("log")
         keep_to_finished(axes[0], groups, column, log)
+        plain_log_ticks(axes[0])
         low, high = axes[0].get_ylim()
         for ax, x, y, color in ends:  # a diverged run's last value, on the edge when beyond it
             ax.plot([x], [min(max(y, low), high)], "x", color=color, ms=6, clip_on=False)
-        axes[1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
-        fig.suptitle(f"{column}: bold = mean over the seeds (only where every finished seed still runs), "
-                     f"thin = each seed, dotted ✕ = diverged or failed", fontsize="medium")
+        legend(fig, axes[1], look, handles, long=True)
+        if look.titles:
+            fig.suptitle(f"{axis_label(column).capitalize()}: bold = mean over the seeds (only where every finished "
+                         f"seed still runs), thin = each seed, dotted ✕ = diverged or failed", fontsize="medium")
         fig.tight_layout()
         drawn[column] = fig
     return drawn
+
+
+def identical(name: str, means: dict[str, tuple]) -> str | None:
+    """The first earlier group whose mean curve equals this group's (same steps, values within
+    a relative SAME), so the legend can say why only one of them shows."""
+    if name not in means:
+        return None
+    steps, _, mean = means[name]
+    for other, (o_steps, _, o_mean) in means.items():
+        if other == name:
+            return None
+        if len(o_steps) == len(steps) and np.array_equal(o_steps, steps) and \
+                np.allclose(o_mean, mean, rtol=SAME, atol=0):
+            return other
+    return None
 
 
 def keep_to_finished(ax, groups: dict, column: str, log: bool) -> None:
@@ -130,45 +166,53 @@ def keep_to_finished(ax, groups: dict, column: str, log: bool) -> None:
     if not len(values):
         return
     low, high = values.min(), values.max()
-    if log:
-        ax.set_ylim(low / 1.5, high * 1.5)
+    if log:  # 5 % of the decades spanned on either side (a short range is not padded to ×1.5)
+        pad = 10 ** max(0.05 * np.log10(high / low), 0.005)
+        ax.set_ylim(low / pad, high * pad)
     else:
         pad = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
         ax.set_ylim(low - pad, high + pad)
 
 
-def legend_text(name: str, runs: list[tuple[pd.DataFrame, str]], ok: list[pd.DataFrame], column: str) -> str:
-    """`name (n=3)`, plus where the mean ends when seeds stop at different steps, plus the runs
-    that diverged or failed (and `not drawn` when nothing of the group could be)."""
-    parts = [f"n={len(runs)}"]
+def legend_text(name: str, runs: list[tuple[pd.DataFrame, str]], ok: list[pd.DataFrame], column: str,
+                same_as: str | None = None) -> str:
+    """`name (3 seeds)`, plus where the mean ends when seeds stop at different steps, the runs
+    that diverged or failed (and `not drawn` when nothing of the group could be), and the
+    group whose mean it equals."""
+    parts = [f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"]
     if ok:
         ends = [finite(f, column)["step"].max() for f in ok]
         if len(set(ends)) > 1:
-            parts.append(f"mean to step {min(ends):g}, {sum(e > min(ends) for e in ends)} seed(s) go on")
+            parts.append(f"mean to step {min(ends):g}, {sum(e > min(ends) for e in ends)} go on")
     stops = Counter(stop for _, stop in runs if stop in BAD)
     parts += [f"{k} {stop}" for stop, k in stops.items()]
     if not ok and not any(len(finite(f, column)) for f, _ in runs):
         parts.append("not drawn")
+    if same_as:
+        parts.append(f"identical to {textwrap.shorten(same_as, 40, placeholder='…')}")
     return textwrap.shorten(name, 70, placeholder="…") + f" ({', '.join(parts)})"
 
 
-def plot_confusion(matrix: np.ndarray, title: str, path: Path, names: list[str] | None = None) -> Path:
-    """A confusion matrix (rows true class, columns predicted, labelled by `names`) with each
-    cell's value written in it."""
+def plot_confusion(matrix: np.ndarray, title: str, stem: Path, classes: list[str] | None = None,
+                   look: Look = Look()) -> list[Path]:
+    """A confusion matrix (rows true class, columns predicted, labelled by `classes`) with each
+    cell's value written in it; stem.<format> for each of the look's formats."""
     k = len(matrix)
-    fig, ax = plt.subplots(figsize=(max(3.5, 1.2 + 0.6 * k), max(3.5, 1.0 + 0.6 * k)))
-    ax.imshow(matrix, cmap="Blues")
-    integral = np.allclose(matrix, np.round(matrix))
-    for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, f"{v:.0f}" if integral else f"{v:.1f}", ha="center", va="center",
-                color="white" if v > matrix.max() / 2 else "black", fontsize="small")
-    names = names or [str(i) for i in range(k)]
-    ax.set_xticks(range(k), names, rotation=45 if max(map(len, names)) > 3 else 0, ha="right" if max(map(len, names)) > 3 else "center")
-    ax.set_yticks(range(k), names)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title("\n".join(textwrap.fill(line, 45) for line in title.splitlines()), fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    classes = classes or [str(i) for i in range(k)]
+    tilt = max(map(len, classes)) > 3
+    with look.rc():
+        side = max(3.5, 1.2 + 0.6 * k)
+        fig, ax = plt.subplots(figsize=look.size((side, side), panels=1) if look.paper else (side, max(3.5, 1.0 + 0.6 * k)))
+        ax.imshow(matrix, cmap="Blues")
+        integral = np.allclose(matrix, np.round(matrix))
+        for (i, j), v in np.ndenumerate(matrix):
+            ax.text(j, i, f"{v:.0f}" if integral else f"{v:.1f}", ha="center", va="center",
+                    color="white" if v > matrix.max() / 2 else "black", fontsize="small")
+        ax.set_xticks(range(k), classes, rotation=45 if tilt else 0, ha="right" if tilt else "center")
+        ax.set_yticks(range(k), classes)
+        ax.set_xlabel("predicted class")
+        ax.set_ylabel("true class")
+        if look.titles:
+            ax.set_title("\n".join(textwrap.fill(line, 45) for line in title.splitlines()), fontsize="small")
+        fig.tight_layout()
+        return look.save(fig, stem)

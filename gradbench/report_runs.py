@@ -134,7 +134,34 @@ def load_run(path: Path) -> Run:
         key, _, value = line.partition("=")
         overrides[key.lstrip("+~")] = value
     summary = json.loads((path / "summary.json").read_text())
-    return Run(path, overrides, summary, read_metrics(path / "metrics.csv"))
+    check_summary(summary)
+    metrics = read_metrics(path / "metrics.csv")
+    text = [c for c in metrics.columns if not pd.api.types.is_numeric_dtype(metrics[c])]
+    if text:  # every column is a number (or empty); text is a damaged file, not a result
+        raise ValueError(f"metrics.csv: column {text[0]} holds text")
+    return Run(path, overrides, summary, metrics)
+
+
+# summary.json keys the report reads, with the JSON type each must have (null aside)
+SHAPE = {"stop_reason": str, "steps": (int, float), "epochs": (int, float), "train_time_s": (int, float),
+         "mean_step_time_s": (int, float), "choices": dict, "config": dict, "initial": dict, "final": dict,
+         "class_names": list, "test_confusion": list, "overrides": list, "seed": (int, str)}
+
+
+def check_summary(summary) -> None:
+    """Raise ValueError naming the first key of a summary.json that is valid JSON of another
+    shape than the one gradbench writes (`[]`, `"x"`, `final` a string, a metric a list)."""
+    if not isinstance(summary, dict):
+        raise ValueError(f"summary.json is a JSON {type(summary).__name__}, not an object")
+    for key, kind in SHAPE.items():
+        value = summary.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise ValueError(f"summary.json: {key} is a JSON {type(value).__name__}")
+    for key in ("initial", "final"):
+        for split, metrics in (summary.get(key) or {}).items():
+            if not isinstance(metrics, dict) or not all(
+                    v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+                raise ValueError(f"summary.json: {key}.{split} is not metric → number")
 
 
 def group_of(run: Run, ignore: tuple[str, ...] = ()) -> dict[str, str]:

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 OUTCOMES = ("finished", "diverged", "failed", "interrupted", "skipped")
+BARS: dict = {}  # sweep dir → its progress bar (gradbench.progress.SweepBar), in the sweep's process
 RESULT: dict = {}  # the last sweep's tally in this process, for the CLI's exit status
 
 
@@ -40,28 +41,64 @@ def record(run_dir: Path, outcome: str) -> None:
     hydra = HydraConfig.get()
     if hydra.mode != RunMode.MULTIRUN:
         return
-    folder = _folder(hydra.sweep.dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / str(hydra.job.num)).write_text(outcome)
+    path = _folder(hydra.sweep.dir) / str(hydra.job.num)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(outcome)
+    except OSError as e:  # a full disk: no half-written outcome, and the sweep goes on
+        path.unlink(missing_ok=True)
+        log.error("the sweep's tally will miss job %s (%s): writing %s failed: %s", hydra.job.num, outcome,
+                  path, (e.strerror or str(e)).lower())
 
 
 PARENT = "GRADBENCH_SWEEP_PID"  # set by the sweep's own process; its workers inherit it
+WORKER = "GRADBENCH_SWEEP_WORKER"  # set in a parallel sweep's worker at its start (start_worker)
 
 
 def in_worker() -> bool:
-    """True in a process that runs sweep jobs for its parent, the sweep (a joblib worker)."""
-    return os.environ.get(PARENT) == str(os.getppid())
+    """True in a process that runs sweep jobs for its parent, the sweep: a joblib worker (marked
+    at its start, so it stays one once its parent is gone) or a child of another launcher."""
+    return WORKER in os.environ or os.environ.get(PARENT) == str(os.getppid())
 
 
 def die_with_parent() -> None:
     """In a worker, ask Linux to send SIGTERM when the parent dies (even by SIGKILL), so a
-    killed sweep leaves no orphan training on; the signal then stops the run cleanly."""
-    if not in_worker() or not sys.platform.startswith("linux"):
+    killed sweep leaves no orphan training on; the signal then stops the run cleanly. The
+    parent is checked after the request, so one that died before it is seen too: the worker
+    exits at once, training nothing (a job queued before the parent died is not started)."""
+    if not in_worker():
         return
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
-    except OSError:
-        pass
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    if os.environ.get(PARENT) != str(os.getppid()):
+        print("gradbench: the sweep's process is gone: its worker exits", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(128 + signal.SIGTERM)
+
+
+def start_worker() -> None:
+    """A parallel sweep's worker, first thing: a worker for good, and bound to die with the
+    sweep before it waits for its first job, not only once it trains one."""
+    os.environ[WORKER] = "1"
+    die_with_parent()
+
+
+def _start_workers_bound() -> None:
+    """Make joblib's loky workers run start_worker first. Binding them at a job's start only
+    left two holes: a worker spawned as the parent died never bound itself, and a worker whose
+    job ended on the parent's death (no longer in_worker by its parent pid, so sys.exit and not
+    os._exit) took the next queued job and trained it. Hydra's joblib launcher hard-codes the
+    backend name "loky", and Hydra takes launchers from hydra_plugins only: so "loky" is
+    re-registered here, in the sweep's process, as loky with this initializer."""
+    from joblib import register_parallel_backend
+    from joblib._parallel_backends import LokyBackend
+
+    class BoundLoky(LokyBackend):
+        def configure(self, *args, **kwargs):
+            return super().configure(*args, initializer=start_worker, **kwargs)
+
+    register_parallel_backend("loky", BoundLoky)
 
 
 @contextlib.contextmanager
@@ -121,12 +158,20 @@ def _running(pid: int) -> bool:
 
 
 class Tally(Callback):
-    """Counts the outcomes of a sweep's jobs and logs the one-line verdict."""
+    """Counts the outcomes of a sweep's jobs and logs the one-line verdict; on a terminal, a
+    bar follows the count as the jobs end (gradbench.progress.SweepBar)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from gradbench.progress import SweepBar, sweep_size
+
         shutil.rmtree(_folder(config.hydra.sweep.dir), ignore_errors=True)
+        # kept outside the callback: the launcher pickles callbacks for its workers (a thread does not pickle)
+        BARS[str(config.hydra.sweep.dir)] = bar = SweepBar(_folder(config.hydra.sweep.dir), sweep_size(config))
+        bar.start()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if (bar := BARS.pop(str(config.hydra.sweep.dir), None)) is not None:
+            bar.stop()
         folder = _folder(config.hydra.sweep.dir)
         counts = Counter(p.read_text() for p in folder.iterdir()) if folder.is_dir() else Counter()
         RESULT.update(counts=counts, dir=config.hydra.sweep.dir)
@@ -146,6 +191,8 @@ class OutputDir(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         _check_launcher(config)
         _make(config.hydra.sweep.dir)
+        if str(config.hydra.launcher.get("_target_", "")).endswith(".JoblibLauncher"):
+            _start_workers_bound()
 
 
 def _check_launcher(config: DictConfig) -> None:

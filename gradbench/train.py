@@ -24,6 +24,7 @@ from gradbench.estimators import Estimator
 from gradbench.metrics import MetricsWriter
 from gradbench.models import Model, Objective, Params
 from gradbench.optim import apply
+from gradbench.progress import StepBar
 from gradbench.sweep import in_worker
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Result:
     step_times: list[float] = field(default_factory=list)
     initial: dict[str, dict[str, float]] = field(default_factory=dict)
     final: dict[str, dict[str, float]] = field(default_factory=dict)
+    diverged_at_step: int | None = None  # the step whose loss or parameters were not finite
 
     @property
     def mean_step_time_s(self) -> float:
@@ -167,6 +169,7 @@ def train(model: Model, params: Params, data: Data, timed_step: Step, writer: Me
     first = data.train.take(torch.arange(min(batch_size, n), device=device))
     timed_step.estimator.warm_up(Objective(model, first.x, first.y), params)
     start = last_log = time.perf_counter() - result.wall_time_s
+    bar = StepBar(_step_budget(stop, steps_per_epoch), result.steps).__enter__()  # a terminal only
     try:
         while not result.stop_reason and not _budget_reason(result.steps, steps_per_epoch, 0.0, stop):
             batch = data.train.take(next(order))
@@ -207,11 +210,15 @@ def train(model: Model, params: Params, data: Data, timed_step: Step, writer: Me
                 evals.update(run_eval([s for s in splits if s not in evals]))
                 if any(not math.isfinite(m["loss"]) for m in evals.values()):
                     reason = "diverged"
+            if reason == "diverged":
+                result.diverged_at_step = step
+                evals = not_a_result(evals)
             for split, metrics in evals.items():
                 row.update({f"{split}_{k}": v for k, v in metrics.items()})
                 result.final[split] = metrics
             row["wall_time_s"] = result.wall_time_s = time.perf_counter() - start
             writer.write(row)
+            bar.update(loss=batch_loss, val_loss=row.get("val_loss"))
             if not reason and signals.signum is not None:
                 reason = "interrupted"  # this row as an uninterrupted run writes it; metrics below
             result.stop_reason = reason
@@ -224,6 +231,8 @@ def train(model: Model, params: Params, data: Data, timed_step: Step, writer: Me
     except KeyboardInterrupt:  # no handler could be installed (not the main thread): stop as cleanly
         result.stop_reason = "interrupted"
         signals.signum = signal.SIGINT
+    finally:
+        bar.__exit__(None, None, None)
     if not result.stop_reason:  # resumed at or past the budget: nothing left to train
         result.stop_reason = _budget_reason(result.steps, steps_per_epoch, 0.0, stop)
     if result.stop_reason == "interrupted":
@@ -231,10 +240,17 @@ def train(model: Model, params: Params, data: Data, timed_step: Step, writer: Me
     result.epochs = result.steps / steps_per_epoch
     result.wall_time_s = time.perf_counter() - start
     if result.stop_reason != "diverged" and not all(torch.isfinite(p).all() for p in params.values()):
-        result.stop_reason = "diverged"
+        result.stop_reason, result.diverged_at_step = "diverged", result.steps
+        result.final = not_a_result(result.final)
     if checkpoint:
         checkpoint(_state(params, timed_step, order, result))
     return result
+
+
+def not_a_result(evals: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """A diverged model's metrics but its loss are missing (None: null in summary.json, an empty
+    cell in metrics.csv): non-finite outputs all predict class 0, an accuracy that means nothing."""
+    return {split: {k: v if k == "loss" else None for k, v in metrics.items()} for split, metrics in evals.items()}
 
 
 def _state(params: Params, timed_step: Step, order, result: Result) -> dict:
@@ -260,6 +276,12 @@ def _restore(state: dict, params: Params, timed_step: Step, order) -> Result:
     return Result(**state["result"])
 
 
+def _step_budget(stop: StopRule, steps_per_epoch: int) -> int | None:
+    """The steps the stop rules allow at most (the bar's total); None: no limit."""
+    limits = [n for n in (stop.max_steps, stop.max_epochs and stop.max_epochs * steps_per_epoch) if n]
+    return min(limits) if limits else None
+
+
 def _budget_reason(step: int, steps_per_epoch: int, loss: float, stop: StopRule) -> str:
     if not math.isfinite(loss):
         return "diverged"
@@ -276,6 +298,6 @@ def _progress(row: dict, splits: list[str]) -> str:
     for split in splits:
         if f"{split}_loss" in row:
             parts.append(f"{split} loss {row[f'{split}_loss']:.4g}")
-        if f"{split}_accuracy" in row:
+        if row.get(f"{split}_accuracy") is not None:  # None: a diverged model's, not a result
             parts.append(f"{split} acc {row[f'{split}_accuracy']:.3f}")
     return " | ".join(parts)

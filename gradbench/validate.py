@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gradbench.columns import SPLITS
 from gradbench.errors import ConfigError, require
+from gradbench.event_log import LOGGERS
 from gradbench.models import INIT_LAWS
 
 GROUPS = ("dataset", "model", "estimator", "optimizer", "schedule")
@@ -54,6 +55,7 @@ RULES: dict[str, Rule] = {
     "eval_every": (lambda v, c: v >= 1, "must be >= 1"),
     "eval_chunk": (lambda v, c: v >= 1, "must be >= 1"),
     "log_every_s": (lambda v, c: v >= 0, "must be >= 0"),
+    "logger": (lambda v, c: v in LOGGERS, f"must be one of {' | '.join(LOGGERS)}"),
     "eval_splits": (lambda v, c: all(s in SPLITS for s in v), f"must be a subset of {list(SPLITS)}"),
     "sweep_metric": (_sweep_metric, "must be <split>_<metric>: split train | val | test, metric one the model "
                      "reports (loss, accuracy, errors for classifiers)"),
@@ -75,6 +77,9 @@ RULES: dict[str, Rule] = {
     "estimator.num_tangents": (lambda v, c: v >= 1, "must be >= 1"),
     "estimator.step": (lambda v, c: v > 0, "must be > 0"),
     "estimator.chunk": (lambda v, c: v >= 1, "must be >= 1"),
+    # an empty list would time nothing; bench used to fall back to the run's batch size silently
+    "bench.batch_sizes": (lambda v, c: len(v) >= 1 and all(s is None or (is_int(s) and s >= 1) for s in v),
+                          "must be a non-empty list of positive batch sizes or null (the run's batch_size)"),
     "dataset.val_size": (lambda v, c: (is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v < 1),
                          "must be a count (int >= 0) or a fraction (float in [0, 1))"),
     "dataset.val_fraction": (lambda v, c: 0 <= v < 1, "must be in [0, 1)"),

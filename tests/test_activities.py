@@ -2,8 +2,9 @@
 torch.func.jvp reference to float64 rounding; the estimate is unbiased with error ∝ 1/√N on the
 MLP and the CNN (with and without local losses); its second moment matches the derivation.
 
-Problems are tiny and float64: an MLP 36→7→5→4 (tanh) and a CNN (2×6×6 input, conv 3, conv 4,
-pool, fc 5), 9 examples, so thousands of estimates take a second.
+Problems are tiny and float64: an MLP 36→6→4→4 (tanh) and a CNN (2×6×6 input, conv 4, conv 2,
+pool, fc 6), 9 examples, so thousands of estimates take a second; each without local losses,
+with one head per block, and with the blocks' units in 2 groups (local_groups).
 """
 
 import math
@@ -14,20 +15,23 @@ from torch.func import jvp
 
 from gradbench.data.tabular import penguins
 from gradbench.estimators import Backward, ForwardActivities
-from gradbench.estimators.activities import (_apply, directional, estimate, expected_error, output_shapes,
-                                             reference_losses)
+from gradbench.estimators.activities import (_apply, directional, estimate, expected_error, group_counts,
+                                             output_shapes, reference_losses)
 from gradbench.estimators.tangents import FOURTH_MOMENT
 from gradbench.job import stream
 from gradbench.models import MLP, Objective
 from gradbench.models.cnn import CNN
 
-MODELS = {"mlp": lambda local: MLP((1, 6, 6), 4, hidden=[7, 5], activation="tanh", local_losses=local),
-          "cnn": lambda local: CNN((2, 6, 6), 4, channels=[3, 4], pool_after=[2], hidden=[5], local_losses=local)}
-CASES = [(name, local) for name in MODELS for local in (False, True)]
+MODELS = {"mlp": lambda local, g: MLP((1, 6, 6), 4, hidden=[6, 4], activation="tanh", local_losses=local,
+                                      local_groups=g),
+          "cnn": lambda local, g: CNN((2, 6, 6), 4, channels=[4, 2], pool_after=[2], hidden=[6],
+                                      local_losses=local, local_groups=g)}
+# (model, local losses, groups): global, local with one head per block, local in 2 groups
+CASES = [(name, local, groups) for name in MODELS for local, groups in ((False, 1), (True, 1), (True, 2))]
 
 
-def make(name: str, local: bool, seed: int = 0):
-    model = MODELS[name](local)
+def make(name: str, local: bool, groups: int = 1, seed: int = 0):
+    model = MODELS[name](local, groups)
     model.initialise(stream(seed, "init"))
     model.double()
     generator = torch.Generator().manual_seed(seed)
@@ -43,13 +47,13 @@ def flat(grads: dict, keys) -> torch.Tensor:
     return torch.cat([grads[k].flatten() for k in keys])
 
 
-@pytest.mark.parametrize("name, local", CASES)
-def test_fused_pass_equals_the_jvp_reference(name, local):
+@pytest.mark.parametrize("name, local, groups", CASES)
+def test_fused_pass_equals_the_jvp_reference(name, local, groups):
     """Per layer and example, d = ∂ℓ/∂z · u from the fused pass equals torch.func.jvp of the plain
     per-example losses (reference_losses) along that layer's tangent alone; the parameter estimate
     equals autograd's vector-Jacobian product of z = layer(input) with ĝ = mean_k d_k u_k. Float64:
     sums of a few hundred O(1) products round to ~1e-15 relative; tolerance 1e-12 of the scale."""
-    objective, params, _ = make(name, local)
+    objective, params, _ = make(name, local, groups)
     model, x, y = objective.model, objective.x, objective.y
     generator = torch.Generator().manual_seed(5)
     loss, layers = directional(model, params, x, y,
@@ -57,17 +61,22 @@ def test_fused_pass_equals_the_jvp_reference(name, local):
     assert loss.item() == pytest.approx(objective.loss(params).item(), rel=1e-14)
     shapes = output_shapes(model, params, x)
     assert [layer.prefix for layer in layers] == list(shapes)  # every Linear / Conv2d, heads included
+    grouped = {layer.prefix for layer in layers if layer.d.shape[-1] == groups}
+    assert grouped == (set(group_counts(model)) if groups > 1 else set(shapes))  # one d per group loss
     grads = estimate(model, params, layers)
     for layer in layers:
         zeros = {k: torch.zeros(s, dtype=torch.float64) for k, s in shapes.items()}
 
-        def losses(offset):
-            return reference_losses(model, params, x, y, {**zeros, layer.prefix: offset})[0]
+        def losses(offset):  # every block's N × G terms side by side; other blocks' columns get 0
+            return torch.cat(reference_losses(model, params, x, y, {**zeros, layer.prefix: offset})[0], 1)
 
-        d = torch.stack([jvp(losses, (zeros[layer.prefix],), (u,))[1] for u in layer.u])
+        d = torch.stack([jvp(losses, (zeros[layer.prefix],), (u,))[1] for u in layer.u])  # K × N × ΣG
+        d = d[..., d.abs().sum((0, 1)) > 0] if layer.d.shape[-1] > 1 else d.sum(-1, keepdim=True)
         torch.testing.assert_close(layer.d, d, rtol=0, atol=1e-12 * d.abs().max().item())
-        # the contraction for the parameters, by autograd on the layer alone
-        g = torch.einsum("kn,kn...->n...", d, layer.u) / len(d)
+        # the contraction for the parameters, by autograd on the layer alone; a group's d scales
+        # the group's contiguous run of units
+        k, n, groups = d.shape
+        g = torch.einsum("kng,kngr->ngr", d, layer.u.reshape(k, n, groups, -1)).reshape(layer.u.shape[1:]) / k
         names = [n for n in (f"{layer.prefix}.weight", f"{layer.prefix}.bias") if n in params]
         leaves = {n: params[n].clone().requires_grad_() for n in names}
         _, inputs = reference_losses(model, params, x, y, zeros)
@@ -76,12 +85,12 @@ def test_fused_pass_equals_the_jvp_reference(name, local):
             torch.testing.assert_close(grads[n], ref, rtol=0, atol=1e-12 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("name, local", CASES)
-def test_the_average_estimate_is_unbiased(name, local):
+@pytest.mark.parametrize("name, local, groups", CASES)
+def test_the_average_estimate_is_unbiased(name, local, groups):
     """The mean of M estimates (one call, num_tangents=M; M = 20 000 on the MLP, 4000 on the
     costlier CNN) lies within 5 standard errors of ∇L in every coordinate; a coordinate's
     standard error is at most sqrt(E‖g − ∇L‖² / M), E‖g − ∇L‖² from the derivation."""
-    objective, params, truth = make(name, local)
+    objective, params, truth = make(name, local, groups)
     count = 20000 if name == "mlp" else 4000
     fga = ForwardActivities(num_tangents=count, generator=torch.Generator().manual_seed(1))
     mean = flat(fga(objective, params)[1], truth)
@@ -90,12 +99,12 @@ def test_the_average_estimate_is_unbiased(name, local):
 
 
 @pytest.mark.parametrize("law", list(FOURTH_MOMENT))
-@pytest.mark.parametrize("name, local", CASES)
-def test_error_falls_like_one_over_sqrt_n_as_derived(name, local, law):
+@pytest.mark.parametrize("name, local, groups", CASES)
+def test_error_falls_like_one_over_sqrt_n_as_derived(name, local, groups, law):
     """For N = 10, 100 (and 1000 on the MLP) the mean of N estimates has E‖ḡ_N − ∇L‖² = tr Σ / N
     with tr Σ the derived expected_error. Over R = 60 replicates the ratio ‖ḡ_N − ∇L‖²·N / tr Σ
     has mean 1; tolerance 4 standard errors (sample std / √R). Checks the theory for conv too."""
-    objective, params, truth = make(name, local)
+    objective, params, truth = make(name, local, groups)
     t, trace = flat(truth, truth), expected_error(objective, params, FOURTH_MOMENT[law])
     for count in (10, 100, 1000) if name == "mlp" else (10, 100):
         fga = ForwardActivities(num_tangents=count, tangent=law, generator=torch.Generator().manual_seed(count))

@@ -17,12 +17,14 @@ from gradbench.models import MLP, Objective
 from gradbench.models.cnn import CNN
 from tests.conftest import FAST, load_run
 
-MODELS = {"mlp": lambda: MLP((1, 6, 6), 4, hidden=[7, 5], activation="tanh", local_losses=True),
-          "cnn": lambda: CNN((2, 6, 6), 4, channels=[3, 4], pool_after=[2], hidden=[5], local_losses=True)}
+MODELS = {"mlp": lambda g: MLP((1, 6, 6), 4, hidden=[6, 4], activation="tanh", local_losses=True, local_groups=g),
+          "cnn": lambda g: CNN((2, 6, 6), 4, channels=[4, 2], pool_after=[2], hidden=[6], local_losses=True,
+                               local_groups=g)}
+CASES = [(name, groups) for name in MODELS for groups in (1, 2)]
 
 
-def make(name: str):
-    model = MODELS[name]()
+def make(name: str, groups: int = 1):
+    model = MODELS[name](groups)
     model.initialise(stream(0, "init"))
     model.double()
     generator = torch.Generator().manual_seed(0)
@@ -36,12 +38,13 @@ def block_parameters(model, block) -> list[str]:
     return [n for n, _ in model.named_parameters() if any(n.startswith(p + ".") for p in prefixes)]
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_each_block_gets_autograds_gradient_of_its_own_local_loss(name):
+@pytest.mark.parametrize("name, groups", CASES)
+def test_each_block_gets_autograds_gradient_of_its_own_local_loss(name, groups):
     """Block by block, the model's own modules (not the functional path) compute the block's
-    input without gradient, then the block and its head, then autograd's gradient of that one
-    cross-entropy: equal to the estimator's to float64 rounding (a few ulps of O(1) sums)."""
-    model, x, y = make(name)
+    input without gradient, then the block and its head, then autograd's gradient of that
+    block's loss alone (with G groups: the sum of the G heads' cross-entropies): equal to the
+    estimator's to float64 rounding (a few ulps of O(1) sums)."""
+    model, x, y = make(name, groups)
     params = {k: p.detach() for k, p in model.named_parameters()}
     _, grads = Backward()(Objective(model, x, y), params)
     blocks, h, covered = model.blocks(), x, []
@@ -54,7 +57,8 @@ def test_each_block_gets_autograds_gradient_of_its_own_local_loss(name):
         for _, m in block.head or []:
             out = m(out)
         names = block_parameters(model, block)
-        local = F.cross_entropy(out, y)
+        local = (sum(F.cross_entropy(out[:, g], y) for g in range(groups)) if block.head
+                 else F.cross_entropy(out, y))
         reference = torch.autograd.grad(local, [dict(model.named_parameters())[n] for n in names])
         for n, ref in zip(names, reference):
             torch.testing.assert_close(grads[n], ref, rtol=1e-12, atol=1e-14)
@@ -62,11 +66,11 @@ def test_each_block_gets_autograds_gradient_of_its_own_local_loss(name):
     assert sorted(covered) == sorted(params)  # every parameter belongs to exactly one block
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_no_block_receives_gradient_from_a_later_one(name):
+@pytest.mark.parametrize("name, groups", CASES)
+def test_no_block_receives_gradient_from_a_later_one(name, groups):
     """Redraw every parameter of the blocks after block b (their layers and heads): block b's
     gradient stays bit-identical, for every b."""
-    model, x, y = make(name)
+    model, x, y = make(name, groups)
     params = {k: p.detach().clone() for k, p in model.named_parameters()}
     _, before = Backward()(Objective(model, x, y), params)
     blocks = model.blocks()
@@ -83,12 +87,18 @@ def test_no_block_receives_gradient_from_a_later_one(name):
 
 def test_prediction_is_the_last_layer_and_heads_are_parameters():
     model, x, _ = make("mlp")
-    plain = MLP((1, 6, 6), 4, hidden=[7, 5], activation="tanh")
+    plain = MLP((1, 6, 6), 4, hidden=[6, 4], activation="tanh")
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("heads.")})
     plain.double()
     assert torch.equal(model(x), plain(x))
     heads = [n for n, _ in model.named_parameters() if n.startswith("heads.")]
     assert heads == ["heads.0.0.weight", "heads.0.0.bias", "heads.1.0.weight", "heads.1.0.bias"]
+
+
+def test_groups_must_divide_every_block():
+    from gradbench.errors import ConfigError
+    with pytest.raises(ConfigError, match="model.local_groups"):
+        MLP((1, 6, 6), 4, hidden=[6, 4], local_losses=True, local_groups=4)
 
 
 def test_weight_tangents_estimate_the_local_objective():

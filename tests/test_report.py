@@ -1,5 +1,6 @@
-"""`gradbench report` on real small sweeps: grouping, mean ± t-based CI over seeds, failed and
-diverged runs, steps to a loss target, the best group, the best group per key, report columns."""
+"""`gradbench report` on real small sweeps: grouping, mean ± t-based CI over seeds (clipped to a
+metric's range), failed and diverged runs, steps to a loss target, the best group and its ties,
+the best group per key, report columns, figures as PDF and SVG in the paper style."""
 
 import json
 import math
@@ -11,7 +12,8 @@ import pandas as pd
 import pytest
 
 from conftest import FAST, Runner
-from gradbench.report import cell, main
+from gradbench.report import best_section, main
+from gradbench.report_cells import best_row, cell, interval, ties
 from gradbench.report_runs import mean_ci, t975
 
 # t_{0.975, df} from an independent source (scipy.stats.t.ppf), df → value
@@ -236,3 +238,38 @@ def test_single_runs_of_one_config_with_reordered_overrides_form_one_group(runne
     assert table["n"].tolist() == [3, 1]
     assert table["group"].tolist() == ["eval_every=5 max_steps=5 model=logreg",
                                       "eval_every=5 max_steps=5 model=logreg optimizer.lr=0.1"]
+
+
+def test_an_accuracy_interval_stays_within_0_and_1(logreg):
+    """A t-interval of accuracies near 1 reaches past 1 (0.9855 ± 0.062): clipped, shown as
+    [lo, hi]; an interval inside its range keeps `±`; steps cannot go below 0 either."""
+    row = pd.Series({"ok": 5, "val_accuracy": 0.9855, "val_accuracy_ci": 0.062})
+    assert cell(row, "val_accuracy") == "0.9855 [0.9235, 1]"
+    assert interval(row, "val_accuracy") == (pytest.approx(0.9235), 1.0)
+    assert cell(pd.Series({"ok": 5, "steps": 35.4, "steps_ci": 40.0}), "steps") == "35.4 [0, 75.4]"
+    assert cell(pd.Series({"ok": 5, "val_accuracy": 0.5, "val_accuracy_ci": 0.1}), "val_accuracy") == "0.5 ± 0.1"
+    table = pd.read_csv(report(logreg, "--no-plots") / "table.csv")
+    for metric in ("train_accuracy", "val_accuracy", "test_accuracy", "best_val_accuracy"):
+        ends = table[[f"{metric}_lo", f"{metric}_hi"]].dropna()
+        assert len(ends) and ((ends >= 0) & (ends <= 1)).all().all()
+
+
+def test_ties_for_the_best_group_are_said_to_be_ties():
+    """Tied: the 95% intervals overlap; without a CI (one run) only an equal value ties."""
+    table = pd.DataFrame({"group": ["a", "b", "c", "d", "e"], "ok": 3, "failed": 0, "stops": "max_steps×3",
+                          "val_accuracy": [0.95, 0.93, 0.80, 0.95, 0.96],
+                          "val_accuracy_ci": [0.01, 0.03, 0.01, math.nan, 0.005]})
+    best = best_row(table, "val_accuracy")
+    assert table.at[best, "group"] == "e" and ties(table, "val_accuracy", best) == [0, 1]
+    text = best_section(table.loc[best], "val_accuracy", [], None, [table.loc[i] for i in ties(table, "val_accuracy", best)])
+    assert "**Tied with 2 other group(s)**" in text and "- a: val_accuracy 0.95 ± 0.01" in text
+    single = table.assign(val_accuracy_ci=math.nan)  # one seed each: only an exact tie counts
+    assert ties(single, "val_accuracy", best) == [] and ties(single, "val_accuracy", 0) == [3]
+    assert "No other group is tied" in best_section(table.loc[2], "val_accuracy", [], None)
+
+
+def test_report_figures_as_pdf_and_svg_in_the_paper_style(toynet, tmp_path):
+    out = report(toynet, "--style", "paper", "--width", "page", "--format", "pdf", "svg", out=tmp_path / "paper")
+    assert (out / "train_loss.pdf").read_bytes().startswith(b"%PDF")
+    assert "<svg" in (out / "train_loss.svg").read_text()[:1000]
+    assert not (out / "train_loss.png").exists()

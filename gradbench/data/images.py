@@ -1,7 +1,7 @@
 """Image datasets: MNIST and CIFAR-10 (all classes, or a subset such as report 001's car/cat).
 
     gradbench train dataset=mnist model=cnn
-    gradbench train dataset=cifar10_carcat model=mlp dataset.root=/data/torchvision
+    gradbench train dataset=cifar10_carcat model=mlp data_root=/data/torchvision
 
 torchvision downloads and parses the files into the data root, laid out as torchvision lays
 them out (root/MNIST/raw/…, root/cifar-10-batches-py/…; see torchvision_files.py), so files

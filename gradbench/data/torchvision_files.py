@@ -129,12 +129,10 @@ def fetch(source: Source, root: Path) -> None:
             folder = source.folder
             raise DataError(
                 f"{source.name} is not in the data root {root} and could not be downloaded "
-                f"({type(e).__name__}: {oneline(e)}).\n"
-                f"  missing: {', '.join(f'{folder}/{f}' for f in missing())}\n"
-                f"  expected: {', '.join(f'{folder}/{f}' for f in source.files)}; {source.alternative}\n"
-                "  to get them: run once with network access (torchvision downloads them there), "
-                "copy the files in from a machine that has them, or point dataset.root (or "
-                "$GRADBENCH_DATA) at a folder that holds them") from None
+                f"({type(e).__name__}: {oneline(e)}); missing: {', '.join(f'{folder}/{f}' for f in missing())}"
+                f"{'; ' + source.alternative if source.alternative else ''}; to get them: run once with network "
+                "access (torchvision downloads them there), copy the files in from a machine that has them, "
+                "or point data_root (or $GRADBENCH_DATA) at a folder that holds them") from None
         # the files arrived: any parse error is reported by `parse`
 
 

@@ -47,9 +47,9 @@ from gradbench.estimators import forward_mode
 from gradbench.estimators.base import Estimator, Spread, norm2
 from gradbench.estimators.manual import DERIVATIVES
 from gradbench.estimators.tangents import FOURTH_MOMENT
-from gradbench.models import Model, Objective, Params, SpatialMean
+from gradbench.models import GroupedLinear, Model, Objective, Params, SpatialMean, grouped_cross_entropy, grouped_linear
 
-PERTURBED = (nn.Linear, nn.Conv2d)
+PERTURBED = (nn.Linear, nn.Conv2d, GroupedLinear)
 PASSIVE = (nn.MaxPool2d, nn.Flatten, SpatialMean)  # parameter-free stages with a tangent rule
 Draw = Callable[[torch.Size], Tensor]  # K × shape of one layer's output tangents
 
@@ -75,21 +75,36 @@ def supports(model: Model) -> bool:
 
 
 def directional(model: Model, params: Params, x: Tensor, y: Tensor, draw: Draw) -> tuple[Tensor, list[Perturbed]]:
-    """The objective (Model.objective's value) and every perturbed layer with its d filled in."""
-    loss, layers, h = model.penalty(params), [], x
+    """The objective (Model.objective's value) and every perturbed layer with its d filled in:
+    K × N × G, one directional derivative per group's loss for the layers whose units feed one
+    group's head each (local_groups), else G = 1."""
+    loss, layers, h, groups = model.penalty(params), [], x, group_counts(model)
     for block in model.blocks():
         opened: list[Perturbed] = []
         h, dh = _run(block.stages, params, h, None, opened, draw)
         out, dout = _run(block.head, params, h, dh, opened, draw) if block.head else (h, dh)
-        log_p = out.log_softmax(1)
-        loss = loss + F.nll_loss(log_p, y)
-        slope = log_p.exp()  # ∂L/∂logits of the mean loss, per example: (softmax − onehot)/N
-        slope[torch.arange(len(y), device=y.device), y] -= 1
-        d = (dout * slope.div_(len(y))).sum(2).unflatten(0, (len(opened), -1))  # S × K × N
+        loss = loss + grouped_cross_entropy(out, y)
+        slope = out.softmax(-1)  # ∂loss/∂logits per example (and group): (softmax − onehot)/N
+        slope.view(len(y), -1, slope.shape[-1])[torch.arange(len(y), device=y.device), :, y] -= 1
+        slope = slope.div_(len(y))
+        d = (dout * slope).sum(-1)  # S·K × N (× G)
+        d = (d if out.dim() == 3 else d.unsqueeze(-1)).unflatten(0, (len(opened), -1))  # S × K × N × G
         for layer, d_layer in zip(opened, d):
-            layer.d = d_layer
+            layer.d = d_layer if groups.get(layer.prefix, 1) == d.shape[-1] else d_layer.sum(-1, keepdim=True)
         layers += opened
     return loss, layers
+
+
+def group_counts(model: Model) -> dict[str, int]:
+    """Perturbed layer → the number of group losses its units split over: a block's layer and its
+    head's grouped map feed G group losses, each unit one of them (a block holds one layer)."""
+    counts = {}
+    for block in model.blocks():
+        heads = [(p, m) for p, m in block.head or [] if isinstance(m, GroupedLinear)]
+        if heads:
+            layer = [p for p, m in block.stages if isinstance(m, PERTURBED)][-1]
+            counts[layer] = counts[heads[0][0]] = heads[0][1].groups
+    return counts
 
 
 def _run(stages, params: Params, h: Tensor, dh: Tensor | None, opened: list[Perturbed],
@@ -102,6 +117,9 @@ def _run(stages, params: Params, h: Tensor, dh: Tensor | None, opened: list[Pert
             if isinstance(module, nn.Linear):
                 z = F.linear(h, w, b)
                 dz = dh @ w.T if dh is not None else None
+            elif isinstance(module, GroupedLinear):
+                z = grouped_linear(h, w, b)
+                dz = grouped_linear(dh, w, None) if dh is not None else None
             else:
                 def conv(inp: Tensor, bias: Tensor | None = None) -> Tensor:
                     return F.conv2d(inp, w, bias, module.stride, module.padding, module.dilation, module.groups)
@@ -128,10 +146,14 @@ def estimate(model: Model, params: Params, layers: list[Perturbed]) -> Params:
     (the penalty's gradient 2λW is known exactly and added as it is)."""
     grads: Params = {}
     for layer in layers:
-        g = torch.einsum("kn,kn...->n...", layer.d, layer.u).div_(len(layer.u))  # N × out
+        (k, n), groups = layer.u.shape[:2], layer.d.shape[-1]  # each group: a contiguous run of units
+        g = torch.einsum("kng,kngr->ngr", layer.d, layer.u.view(k, n, groups, -1)).div_(k).view(layer.u.shape[1:])
         w = params[f"{layer.prefix}.weight"]
         if isinstance(layer.module, nn.Linear):
             grads[f"{layer.prefix}.weight"] = g.T @ layer.inp
+            reduce = (0,)
+        elif isinstance(layer.module, GroupedLinear):  # g: N × G × out, input N × G·r
+            grads[f"{layer.prefix}.weight"] = torch.einsum("ngo,ngr->gor", g, layer.inp.unflatten(1, (w.shape[0], -1)))
             reduce = (0,)
         else:
             m = layer.module
@@ -188,12 +210,13 @@ class ForwardActivities(Estimator):
 
 
 def reference_losses(model: Model, params: Params, x: Tensor, y: Tensor,
-                     offsets: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-example objective terms ℓ_n (Σ_n ℓ_n + penalty = the objective) with `offsets[prefix]`
-    added to each perturbed layer's output, and every perturbed layer's input: plain autograd-
-    and torch.func-traceable code, the reference the fused pass is tested against and the
-    source of the δ's of the theory (δ_l = ∂Σℓ/∂offsets[l] at 0)."""
-    total, inputs, h = torch.zeros(len(x), dtype=x.dtype, device=x.device), {}, x
+                     offsets: dict[str, Tensor]) -> tuple[list[Tensor], dict[str, Tensor]]:
+    """Per block, the per-example (and per-group) loss terms, N × G, whose sum over blocks,
+    examples and groups plus the penalty is the objective, with `offsets[prefix]` added to
+    each perturbed layer's output; and every perturbed layer's input. Plain autograd- and
+    torch.func-traceable code: the reference the fused pass is tested against, and the source
+    of the δ's of the theory (δ_l = ∂Σ/∂offsets[l] at 0)."""
+    terms, inputs, h = [], {}, x
     for block in model.blocks():
         def run(stages, h):
             for prefix, module in stages:
@@ -204,15 +227,18 @@ def reference_losses(model: Model, params: Params, x: Tensor, y: Tensor,
                     h = module(h)
             return h
         h = run(block.stages, h.detach())
-        out = run(block.head, h) if block.head else h
-        total = total + F.cross_entropy(out, y, reduction="none") / len(y)
-    return total, inputs
+        out = run(block.head, h) if block.head else h.unsqueeze(1)  # N × G × classes, G = 1 here
+        losses = F.cross_entropy(out.transpose(1, 2), y.unsqueeze(1).expand(-1, out.shape[1]), reduction="none")
+        terms.append(losses / len(y))
+    return terms, inputs
 
 
 def _apply(module: nn.Module, prefix: str, params: Params, h: Tensor) -> Tensor:
     w, b = params[f"{prefix}.weight"], params.get(f"{prefix}.bias")
     if isinstance(module, nn.Linear):
         return F.linear(h, w, b)
+    if isinstance(module, GroupedLinear):
+        return grouped_linear(h, w, b)
     return F.conv2d(h, w, b, module.stride, module.padding, module.dilation, module.groups)
 
 
@@ -233,16 +259,22 @@ def expected_error(objective: Objective, params: Params, m4: float) -> float:
 
         E‖A e‖² = ‖δ‖² ‖A‖²_F + ‖A δ‖² + (m₄ − 3) Σ_i δ_i² ‖A e_i‖²,
 
-    summed over layers and examples (each example's tangents are independent)."""
+    summed over layers and examples (each example's tangents are independent). With G group
+    losses each unit's ĝ comes from its own group's d, so the covariance is block diagonal and
+    the first term becomes Σ_g ‖δ_g‖² ‖A_g‖²_F: the error shrinks about G-fold."""
     model, x, y = objective.model, objective.x, objective.y
     shapes = output_shapes(model, params, x)
     offsets = {k: torch.zeros(s, dtype=x.dtype, device=x.device, requires_grad=True) for k, s in shapes.items()}
-    losses, inputs = reference_losses(model, params, x, y, offsets)
-    deltas = dict(zip(offsets, torch.autograd.grad(losses.sum(), list(offsets.values()))))
-    total = 0.0
+    terms, inputs = reference_losses(model, params, x, y, offsets)
+    deltas = dict(zip(offsets, torch.autograd.grad(sum(t.sum() for t in terms), list(offsets.values()))))
+    total, groups = 0.0, group_counts(model)
     with torch.no_grad():
         for prefix, delta in deltas.items():
             module, inp = _module(model, prefix), inputs[prefix].detach()
+            if isinstance(module, GroupedLinear):  # per group g: (out + m₄ − 2)‖δ_g‖²(‖x_g‖² + 1)
+                x2 = inp.unflatten(1, (module.groups, -1)).square().sum(2) + 1  # N × G
+                total += ((delta.shape[2] + m4 - 2) * delta.square().sum(2) * x2).sum().item()
+                continue
             if isinstance(module, nn.Linear):
                 patches, delta = inp.unsqueeze(2), delta.unsqueeze(2)  # N × p × 1, N × q × 1
             else:
@@ -252,7 +284,9 @@ def expected_error(objective: Objective, params: Params, m4: float) -> float:
                 patches = torch.cat([patches, torch.ones_like(patches[:, :1])], 1)
             per_position = patches.square().sum(1)  # N × positions: ‖A e_i‖² for each output entry
             delta2 = delta.square()
-            total += (delta2.sum((1, 2)) * per_position.sum(1) * delta.shape[1]).sum().item()  # ‖δ‖²‖A‖²_F
+            g = groups.get(prefix, 1)  # Σ_g ‖δ_g‖² ‖A_g‖²_F, A_g: the group's C/G output channels
+            by_group = delta2.unflatten(1, (g, -1)).sum((2, 3))  # N × G
+            total += (by_group.sum(1) * per_position.sum(1) * (delta.shape[1] // g)).sum().item()
             total += torch.einsum("ncp,njp->ncj", delta, patches).square().sum().item()  # ‖Aδ‖²
             total += (m4 - 3) * (delta2 * per_position.unsqueeze(1)).sum().item()
     return total

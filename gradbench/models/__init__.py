@@ -89,10 +89,15 @@ class Model(nn.Module):
             cuts[-1].append((prefix, module))
         return cuts
 
-    def add_heads(self, input_shape: tuple[int, ...], num_classes: int) -> None:
+    def add_heads(self, input_shape: tuple[int, ...], num_classes: int, groups: int = 1) -> None:
         """Local losses (Ren et al. 2023, simplified): a linear classifier head on every block
-        but the last, on the block's output (a conv block's averaged over space first). Heads
-        are parameters like any other (`heads.i.*`): counted, initialised, checkpointed."""
+        but the last, on the block's output (a conv block's averaged over space first). With
+        `groups` G > 1 the block's units (channels) are cut into G contiguous groups, each with
+        its own linear head and loss (their sum is the block's loss): a unit then feeds one
+        group's loss only, so activity perturbation's error scales with the group's size, not
+        the layer's (Ren et al.'s groups). Heads are parameters like any other (`heads.i.*`):
+        counted, initialised, checkpointed."""
+        require(isinstance(groups, int) and groups >= 1, "model.local_groups", "must be an integer >= 1", groups)
         self.local_losses = True
         self.heads = nn.ModuleList()
         h = torch.zeros(1, *input_shape)
@@ -100,8 +105,10 @@ class Model(nn.Module):
             for stages in self._cuts()[:-1]:
                 for _, module in stages:
                     h = module(h)
+                require(h.shape[1] % groups == 0, "model.local_groups", f"must divide every hidden block's "
+                        f"width (channels), {h.shape[1]} here", groups)
                 pool = [SpatialMean()] if h.dim() == 4 else []
-                self.heads.append(nn.Sequential(*pool, nn.Linear(h.shape[1], num_classes)))
+                self.heads.append(nn.Sequential(*pool, GroupedLinear(h.shape[1], num_classes, groups)))
 
     def objective(self, params: Params, x: Tensor, y: Tensor | None) -> Tensor:
         """The training objective on one batch as a pure function of `params`: the network's
@@ -114,7 +121,7 @@ class Model(nn.Module):
         for block in self.blocks():
             h = run_stages(block.stages, params, h.detach())
             out = run_stages(block.head, params, h) if block.head else h
-            total = total + F.cross_entropy(out, y)
+            total = total + grouped_cross_entropy(out, y)
         return total
 
     def penalty(self, params: Params) -> Tensor | float:
@@ -155,11 +162,48 @@ class SpatialMean(nn.Module):
         return x.mean((2, 3))
 
 
+class GroupedLinear(nn.Module):
+    """G independent linear maps, one per contiguous group of the input's features:
+    N × (G·r) → N × G × out (G = 1: a plain linear head). weight G × out × r, bias G × out."""
+
+    def __init__(self, in_features: int, out_features: int, groups: int = 1) -> None:
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(groups, out_features, in_features // groups))
+        self.bias = nn.Parameter(torch.empty(groups, out_features))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        bound = 1 / math.sqrt(self.weight.shape[2])  # nn.Linear's default, per group
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return grouped_linear(h, self.weight, self.bias)
+
+
+def grouped_linear(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """[..., N, G·r] → [..., N, G, out]: each group of features through its own map."""
+    out = torch.einsum("...ngr,gor->...ngo", h.unflatten(-1, (weight.shape[0], -1)), weight)
+    return out if bias is None else out + bias
+
+
+def grouped_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Mean cross-entropy over examples; for N × G × classes logits summed over the G groups, so
+    each unit's gradient (and the learning rate) keeps the scale of a single head's."""
+    if logits.dim() == 3:
+        y = y.unsqueeze(1).expand(-1, logits.shape[1])
+        return F.cross_entropy(logits.transpose(1, 2), y, reduction="sum") / len(logits)
+    return F.cross_entropy(logits, y)
+
+
 def run_stages(stages: list[tuple[str, nn.Module]], params: Params, h: Tensor) -> Tensor:
     """Apply `stages` with the weights taken from `params` (so torch.func transforms see them)."""
     for prefix, module in stages:
         if isinstance(module, nn.Linear):
             h = F.linear(h, params[f"{prefix}.weight"], params.get(f"{prefix}.bias"))
+        elif isinstance(module, GroupedLinear):
+            h = grouped_linear(h, params[f"{prefix}.weight"], params.get(f"{prefix}.bias"))
         elif isinstance(module, nn.Conv2d):
             h = F.conv2d(h, params[f"{prefix}.weight"], params.get(f"{prefix}.bias"), module.stride,
                          module.padding, module.dilation, module.groups)
@@ -172,12 +216,13 @@ class MLP(Model):
     """Fully connected net: flatten → [linear → activation]* → linear (logits).
 
     `hidden=[]` is multinomial logistic regression (conf/model/logreg.yaml). `local_losses`:
-    every hidden layer trains on its own linear head's loss (Model.add_heads).
+    every hidden layer trains on its own linear head's loss, in `local_groups` groups of units
+    (Model.add_heads).
     """
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, hidden: list[int] = (),
                  activation: str = "relu", init: dict | None = None, l2: float = 0.0,
-                 local_losses: bool = False) -> None:
+                 local_losses: bool = False, local_groups: int = 1) -> None:
         super().__init__(init, l2)
         require(num_classes is not None, "dataset", "must be labelled for a classifier such as model=mlp",
                 "unlabelled data")
@@ -191,7 +236,7 @@ class MLP(Model):
                 layers.append(act())
         self.layers = nn.Sequential(*layers)
         if local_losses:
-            self.add_heads(input_shape, num_classes)
+            self.add_heads(input_shape, num_classes, local_groups)
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [("flatten", FLATTEN), *((f"layers.{i}", m) for i, m in enumerate(self.layers))]

@@ -22,13 +22,13 @@ class CNN(Model):
 
     Defaults = report 000: conv 1→2, conv 2→4, 3×3 pad 1, ReLU, 2×2 max-pool, fc → 64, ReLU,
     fc → classes (on MNIST: fc 784 → 64). `local_losses`: each conv stage and hidden fc layer
-    trains on its own linear head's loss (Model.add_heads).
+    trains on its own linear head's loss, in `local_groups` groups of channels (Model.add_heads).
     """
 
     def __init__(self, input_shape: tuple[int, ...], num_classes: int, channels: list[int] = (2, 4),
                  pool_after: list[int] = (2,), hidden: list[int] = (64,), kernel_size: int = 3,
                  padding: int = 1, pool: int = 2, activation: str = "relu", init: dict | None = None,
-                 l2: float = 0.0, local_losses: bool = False) -> None:
+                 l2: float = 0.0, local_losses: bool = False, local_groups: int = 1) -> None:
         super().__init__(init, l2)
         act = choose("model.activation", activation, ACTIVATIONS)
         require(len(input_shape) == 3, "model", "cnn needs image inputs C × H × W (an image dataset with "
@@ -57,7 +57,7 @@ class CNN(Model):
             layers += [nn.Linear(fan_in, fan_out), act()]
         self.classifier = nn.Sequential(*layers[:-1])  # no activation on the logits
         if local_losses:  # a head per conv stage (on its spatial mean) and per hidden fc layer
-            self.add_heads(input_shape, num_classes)
+            self.add_heads(input_shape, num_classes, local_groups)
 
     def stages(self) -> list[tuple[str, nn.Module]]:
         return [*((f"features.{i}", m) for i, m in enumerate(self.features)), ("flatten", FLATTEN),

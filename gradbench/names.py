@@ -1,0 +1,138 @@
+"""Display names: what a figure, legend or title calls a config option, an override and a split.
+
+One registry, so every plot says "forward gradient (rank-1)", "MLP 784-1024-1024-10" and
+"learning rate 0.01", never `estimator=forward_rank1 optimizer.lr=0.01`. tests/test_names.py
+globs conf/<group>/*.yaml and fails on an option without a name here, so a new option cannot
+be forgotten. Tables keep the raw keys (they are for grepping and re-aggregating).
+"""
+
+from __future__ import annotations
+
+# Every option of every config group (conf/<group>/<option>.yaml), and the `+` groups a sweep varies.
+OPTIONS = {
+    "estimator": {"forward": "forward gradient", "forward_rank1": "forward gradient (rank-1)",
+                  "forward_activities": "forward gradient (activities)",
+                  "forward_project": "forward gradient (projection)", "backward": "backprop",
+                  "manual": "hand-derived backprop", "finite_difference": "finite differences"},
+    "model": {"logreg": "logistic regression", "mlp": "MLP", "cnn": "CNN (report 000)",
+              "cnn_paper": "the paper's CNN", "toynet": "toy network (report 002)", "beale": "Beale",
+              "rosenbrock": "Rosenbrock", "sphere": "sphere"},
+    "optimizer": {"sgd": "SGD", "adam": "Adam", "gd": "gradient descent", "manual_sgd": "SGD (hand-written)",
+                  "nag": "Nesterov (NAG)"},
+    "dataset": {"penguins": "penguins", "toy": "toy blobs", "toy_inputs": "toy inputs", "mnist": "MNIST",
+                "cifar10": "CIFAR-10", "cifar10_carcat": "CIFAR-10 car/cat", "none": "no data"},
+    "schedule": {"constant": "constant learning rate", "exponential": "exponential decay"},
+    "optimizer/preset": {f"r001_m{i}": f"report 001 model {i}" for i in range(1, 6)},
+    "protocol": {"r000_logreg": "report 000 logistic regression", "r000_mlp": "report 000 MLP",
+                 "r000_cnn": "report 000 CNN", "r000_cnn_backprop": "report 000 CNN (backprop protocol)",
+                 "r001_carcat": "report 001", "r002_toynet": "report 002", "r003_penguins": "report 003",
+                 "r004_cifar": "report 004", "paper_mnist": "the paper's MNIST protocol",
+                 "functions_beale": "Beale", "functions_rosenbrock": "Rosenbrock", "functions_sphere": "sphere"},
+}
+
+# Splits as a paper says them ("training loss", not train_loss).
+SPLITS = {"train": "training", "val": "validation", "test": "test", "batch": "batch"}
+
+# Override keys: a phrase with the value in it ({v}), or one phrase per value.
+KEYS = {
+    "optimizer.lr": "learning rate {v}",
+    "optimizer.momentum": "momentum {v}",
+    "optimizer.weight_decay": "weight decay {v}",
+    "optimizer.nesterov": {"true": "Nesterov momentum", "false": "heavy-ball momentum"},
+    "estimator.num_tangents": "{v} tangents",
+    "estimator.structure": {"dense": "dense tangents", "rank1": "rank-1 tangents"},
+    "estimator.tangent": {"normal": "normal tangents", "rademacher": "Rademacher tangents"},
+    "estimator.combine": {"project": "projection"},
+    "estimator.engine": "{v} engine",
+    "estimator.step": "step {v}",
+    "model.local_losses": {"true": "local losses", "false": "global loss"},
+    "model.local_groups": "{v} local groups",
+    "model.activation": "{v}",
+    "model.l2": "λ {v}",
+    "model.init.law": "{v} init",
+    "model.dim": "n = {v}",
+    "dataset.train_size": "{v} training examples",
+    "batch_size": "batch {v}",
+    "max_steps": "at most {v} steps",
+    "max_epochs": "at most {v} epochs",
+    "stop_below": "until loss < {v}",
+    "schedule.rate": "decay rate {v}",
+    "seed": "seed {v}",
+    "dtype": "{v}",
+}
+MODEL_KEYS = ("model", "model.hidden")  # shown together as the model's name with its layer sizes
+
+
+def option(group: str, choice: str) -> str:
+    """A group option's display name (the option itself where the registry has none)."""
+    return OPTIONS.get(group.lstrip("+"), {}).get(str(choice), str(choice))
+
+
+def setting(key: str, value) -> str:
+    """`optimizer.lr=0.01` → "learning rate 0.01"; an unknown key → its last part in words."""
+    key, value = key.lstrip("+~"), str(value)
+    if key in OPTIONS:
+        return option(key, value)
+    phrase = KEYS.get(key)
+    if isinstance(phrase, dict):
+        return phrase.get(value.lower(), f"{key.rsplit('.', 1)[-1].replace('_', ' ')} {value}")
+    if phrase is None:
+        phrase = key.rsplit(".", 1)[-1].replace("_", " ") + " {v}"
+    if key == "estimator.num_tangents" and value == "1":
+        return "1 tangent"
+    return phrase.format(v=value)
+
+
+def layer_sizes(config: dict, summary: dict | None = None) -> tuple[int, int] | None:
+    """(inputs, classes) of an MLP: solved from summary.json's parameter count and class names
+    (exact for any data, PCA included); before the summary exists (run plots are drawn first),
+    from the dataset config where its shape is fixed; else None."""
+    hidden, summary = list(config.get("model", {}).get("hidden") or []), summary or {}
+    classes = len(summary.get("class_names") or []) or None
+    if classes and summary.get("num_params"):
+        # n = (inputs+1)·h1 + Σ (h_i+1)·h_{i+1} + (h_k+1)·classes; everything but `inputs` is known
+        widths = hidden + [classes]
+        rest = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+        inputs = (summary["num_params"] - rest) / widths[0] - 1
+        if inputs == int(inputs) and inputs > 0:
+            return int(inputs), classes
+    data = config.get("dataset", {})
+    target = str(data.get("_target_", ""))
+    if target.endswith("penguins"):
+        return 4, 3
+    if target.endswith(".toy"):
+        return int(data["features"]), int(data["classes"])
+    for name, channels, side, k in (("mnist", 1, 28, 10), ("cifar10", 3, 32, 10)):
+        if target.endswith(name) and not data.get("pca_variance"):
+            side = data.get("resize") or side
+            return channels * side * side, len(data.get("classes") or []) or k
+    return None
+
+
+def model_name(config: dict, choice: str, summary: dict | None = None) -> str:
+    """"MLP 4-64-8-3", "logistic regression"; other models by their option name."""
+    if choice not in ("mlp", "logreg"):
+        return option("model", choice)
+    hidden = list(config.get("model", {}).get("hidden") or [])
+    if not hidden:
+        return option("model", "logreg")
+    sizes = layer_sizes(config, summary)
+    if sizes is None:
+        return "MLP, hidden " + "-".join(map(str, hidden))
+    return "MLP " + "-".join(map(str, [sizes[0], *hidden, sizes[1]]))
+
+
+def label(keys: dict[str, str], choices: dict, config: dict, summary: dict | None = None) -> str:
+    """A run's or group's display label from the override keys that matter (`keys`: key → value):
+    group options by name, the model by its layer sizes (once), the rest by KEYS."""
+    parts = []
+    for key, value in keys.items():
+        key = key.lstrip("+~")
+        if key in MODEL_KEYS:
+            part = model_name(config, choices.get("model", "mlp"), summary)
+        else:
+            part = setting(key, value)
+        if part not in parts:
+            parts.append(part)
+    return ", ".join(parts) or "defaults"
+
