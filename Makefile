@@ -49,17 +49,17 @@ NEED_DATA  = $(GRADBENCH) data hydra.run.dir=$(REPORTS)/$(1)/data $(2)
 # The development machines keep real MNIST in ../shared/data; elsewhere the data root is
 # $$GRADBENCH_DATA or gradbench's default (~/.cache/gradbench), where torchvision downloads it.
 # Only the targets that train or time on real data look there; `make test` never does.
-bench threads reports fwd-vs-bwd paper-mnist five-models cifar-search depth: \
+bench threads reports fwd-vs-bwd paper-mnist fg-family five-models cifar-search depth: \
   export GRADBENCH_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data))
 
 # The README's images live in outputs/figures/ (kept in git); the targets regenerate them.
 BENCH   := $(REPORTS)/bench
 FIGURES := outputs/figures
 FIGSTYLE := --style paper --width page  # the README's figures: the paper style, a page wide (gradbench/figstyle.py)
-bench: setup ## speed and peak memory per step of every estimator (paper MLP/CNN, report 000, K tangents, scaling) → outputs/reports/bench/
+bench: setup ## speed and peak memory per step of every estimator (paper MLP/CNN, report 000, K tangents, the forward-gradient family, scaling) → outputs/reports/bench/
 	$(GRADBENCH) bench +benchmark=penguins_mlp hydra.run.dir=$(BENCH)/penguins_mlp $(ARGS)
 	@if $(call NEED_DATA,bench,dataset=mnist) >/dev/null 2>&1; then \
-	  for b in paper_mlp paper_cnn r000_cnn tangents scaling_batch; do \
+	  for b in paper_mlp paper_cnn r000_cnn tangents fg_family scaling_batch; do \
 	    $(GRADBENCH) bench +benchmark=$$b hydra.run.dir=$(BENCH)/$$b $(ARGS) || exit 1; done; \
 	  for b in scaling_width scaling_depth; do \
 	    $(GRADBENCH) bench -m +benchmark=$$b hydra.sweep.dir=$(BENCH)/$$b $(ARGS) || exit 1; done; \
@@ -89,7 +89,7 @@ test-functions: setup ## report 000 / the paper: Beale and Rosenbrock paths, the
 	$(GRADBENCH) functions $(TF) $(FIGSTYLE)
 	mkdir -p $(FIGURES) && cp $(TF)/functions_beale.png $(TF)/functions_rosenbrock.png $(TF)/sphere_dims.png $(FIGURES)/
 
-reports: fwd-vs-bwd toy-backprop gd-vs-nag test-functions five-models paper-mnist depth cifar-search ## every report table
+reports: fwd-vs-bwd toy-backprop gd-vs-nag test-functions five-models paper-mnist fg-family depth cifar-search ## every report table
 
 fwd-vs-bwd: setup ## report 000: forward vs backward (penguins; MNIST CNN where present), shared and fair lr
 	$(SWEEP) +experiment=fwd_vs_bwd hydra.sweep.dir=$(REPORTS)/fwd_vs_bwd/shared
@@ -115,6 +115,39 @@ paper-mnist: setup ## the forward-gradient paper's MNIST MLP and CNN: backward v
 	$(GRADBENCH) report $(REPORTS)/paper_mnist/cnn
 	$(SWEEP) +experiment=paper_mnist_fair hydra.sweep.dir=$(REPORTS)/paper_mnist/fair
 	$(GRADBENCH) report $(REPORTS)/paper_mnist/fair --best-per estimator --select val_accuracy --target-accuracy 0.5
+
+# The forward-gradient family (README "The forward-gradient family"): each method's rate chosen on
+# seed 0's validation accuracy from its own grid, then that rate on seeds 1-3, which the table and
+# figure report. Grids: three rates a factor ~3 apart around the papers' and a first look's, and
+# a fourth beyond the edge where the first three's best sat (new rates go last: a sweep job's
+# number is its place in the list, and skip_done keeps the finished ones). The projection's
+# rates are ~n/K (n = 1.86 M weights, K = 8) times the mean's: its estimate is (K/n)·∇L on average.
+# A grid that now chooses another rate moves the earlier seeds to $(FG)/replaced/ (kept, not reported).
+FG := $(REPORTS)/fg_family
+FG_METHODS := \
+  backward!estimator=backward!0.01,0.03,0.1,0.3 \
+  forward!estimator=forward!0.0001,0.0003,0.001 \
+  forward_rank1!estimator=forward_rank1!0.0003,0.001,0.003,0.0001 \
+  forward_activities!estimator=forward_activities!0.001,0.003,0.01,0.0003 \
+  mean_k8!estimator=forward_rank1,estimator.num_tangents=8!0.001,0.003,0.01,0.0003 \
+  project_k8!estimator=forward_project,estimator.structure=rank1!30,100,300 \
+  l_bp!estimator=backward,model.local_losses=true!0.03,0.1,0.3 \
+  lg_fg_a!estimator=forward_activities,model.local_losses=true!0.003,0.01,0.03,0.1
+fg-family: setup ## the forward-gradient family on MNIST: FG-W, FG-A, K=8 mean/projection, local losses (needs MNIST; ~1 h on 2 cores)
+	$(call NEED_DATA,fg_family,dataset=mnist)
+	for m in $(FG_METHODS); do name=$${m%%!*}; rest=$${m#*!}; keys=$${rest%%!*}; lrs=$${rest#*!}; \
+	  $(SWEEP) +experiment=fg_family $$(echo $$keys | tr ',' ' ') optimizer.lr=$$lrs \
+	    hydra.sweep.dir=$(FG)/grid/$$name || exit 1; \
+	  $(GRADBENCH) report $(FG)/grid/$$name --select val_accuracy --no-plots >/dev/null || exit 1; \
+	  if [ -d $(FG)/seeds/$$name ] && ! cmp -s $(FG)/grid/$$name/best.overrides $(FG)/seeds/$$name/chosen; then \
+	    mkdir -p $(FG)/replaced && mv $(FG)/seeds/$$name $(FG)/replaced/$$name-$$(date +%s) && \
+	    echo "$$name: the grid now chooses another rate; the earlier seeds are in $(FG)/replaced/"; fi; \
+	  mkdir -p $(FG)/seeds/$$name && cp $(FG)/grid/$$name/best.overrides $(FG)/seeds/$$name/chosen; \
+	  xargs -d '\n' -a $(FG)/seeds/$$name/chosen $(SWEEP) seed=1,2,3 \
+	    hydra.sweep.dir=$(FG)/seeds/$$name || exit 1; done
+	$(GRADBENCH) report $(FG)/seeds --out $(FG)/t05 --select val_accuracy --target-accuracy 0.5 --no-plots >/dev/null
+	$(GRADBENCH) report $(FG)/seeds --out $(FG) --select val_accuracy --target-accuracy 0.9 $(FIGSTYLE)
+	mkdir -p $(FIGURES) && cp $(FG)/val_accuracy.png $(FIGURES)/fg_family.png
 
 five-models: setup ## report 001: CIFAR-10 car/cat, five SGD settings x {sgd, manual_sgd} (needs CIFAR-10)
 	$(call NEED_DATA,five_models,+protocol=r001_carcat)

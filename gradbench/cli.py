@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import traceback
 import warnings
 from pathlib import Path
@@ -310,6 +312,9 @@ def run(argv: list[str]) -> None:
     if {"-h", "--help"} & set(rest):
         rest = [f"hydra/help={command}", *rest]  # conf/hydra/help/<command>.yaml: its usage, keys, examples
     sys.argv = [program, *rest]  # Hydra parses sys.argv
+    if not {"-h", "--help", "-sc", "--shell-completion", "--cfg", "-c", "--info", "-i"} & set(rest):
+        with exit_on_interrupt():
+            import torch  # noqa: F401  (the seconds-long import every command needs, before any dir exists)
     from gradbench.sweep import RESULT, guard_sweep
 
     RESULT.clear()
@@ -318,6 +323,28 @@ def run(argv: list[str]) -> None:
         _hydra_command(HYDRA_COMMANDS[command], command)()
     if RESULT.get("counts", {}).get("failed"):
         sys.exit(1)  # a sweep with failed jobs, after every job ran (the tally line says which)
+
+
+@contextlib.contextmanager
+def exit_on_interrupt():
+    """Ctrl-C while nothing is written yet: one line, exit 130 at once. A KeyboardInterrupt raised
+    inside torch's import can be swallowed by a library's bare `except` (the run then went on);
+    a handler that exits does not depend on that. Left as it was where SIGINT is ignored (a
+    sweep's worker, nohup) or off the main thread (in-process use)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def interrupted(signum, frame):
+        os.write(2, b"gradbench: interrupted\n")
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextlib.contextmanager

@@ -41,11 +41,12 @@ KEYS = {
     "optimizer.nesterov": {"true": "Nesterov momentum", "false": "heavy-ball momentum"},
     "estimator.num_tangents": "{v} tangents",
     "estimator.structure": {"dense": "dense tangents", "rank1": "rank-1 tangents"},
+    # "" = unremarkable (a default): left out of a label, so "backprop" beside "backprop, local losses"
     "estimator.tangent": {"normal": "normal tangents", "rademacher": "Rademacher tangents"},
     "estimator.combine": {"project": "projection"},
     "estimator.engine": "{v} engine",
     "estimator.step": "step {v}",
-    "model.local_losses": {"true": "local losses", "false": "global loss"},
+    "model.local_losses": {"true": "local losses", "false": ""},
     "model.local_groups": "{v} local groups",
     "model.activation": "{v}",
     "model.l2": "λ {v}",
@@ -79,7 +80,7 @@ def setting(key: str, value) -> str:
     if phrase is None:
         phrase = key.rsplit(".", 1)[-1].replace("_", " ") + " {v}"
     if key == "estimator.num_tangents" and value == "1":
-        return "1 tangent"
+        return ""
     return phrase.format(v=value)
 
 
@@ -128,11 +129,13 @@ def label(keys: dict[str, str], choices: dict, config: dict, summary: dict | Non
     parts = []
     for key, value in keys.items():
         key = key.lstrip("+~")
+        if value is None:  # a key this group does not have (backprop's estimator.structure, say)
+            continue
         if key in MODEL_KEYS:
             part = model_name(config, choices.get("model", "mlp"), summary)
         else:
             part = setting(key, value)
-        if part not in parts:
+        if part and part not in parts:
             parts.append(part)
     return ", ".join(parts) or "defaults"
 

@@ -236,8 +236,9 @@ def report(args: argparse.Namespace) -> int:
 
 def display(run: Run, keys: list[str]) -> str:
     """A group's label in the figures: the keys that vary between groups, in words (gradbench.names),
-    each with this group's value (a key it does not override: its config value)."""
-    values = {k: run.lookup(k) for k in keys}
+    each with this group's value (a key it does not override: its config value, unless the key
+    belongs to a group option that varies too: "forward gradient (rank-1)" says its structure)."""
+    values = {k: None if k not in run.overrides and k.split(".")[0] in keys else run.lookup(k) for k in keys}
     return names.label(values, run.choices, resolved(run), run.summary) if keys else "all runs"
 
 
@@ -291,7 +292,23 @@ def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Pat
         plot_confusion(matrix, f"{name}\ntest set, mean over {n} seed(s)", out / "confusion",
                        class_names(runs, len(matrix)), look_of(args))
     (out / "best.md").write_text(text)
+    (out / "best.overrides").write_text("".join(f"{o}\n" for o in rerun_overrides(runs[0])))
     return text
+
+
+def rerun_overrides(run: Run) -> list[str]:
+    """The best group's overrides, one per line, without its seed and the keys that do not change
+    a result: `xargs -d '\\n' -a best.overrides gradbench train -m seed=1,2,3` trains the group
+    again on other seeds (make fg-family: a rate chosen on seed 0, reported on fresh seeds)."""
+    from gradbench.checkpoint import NEUTRAL
+
+    lines = yaml.safe_load((run.path / ".hydra" / "overrides.yaml").read_text()) or []
+    keep = []
+    for line in map(str, lines):
+        key = line.partition("=")[0].lstrip("+~")
+        if key != "seed" and key.split(".")[0] not in NEUTRAL and not key.startswith("hydra."):
+            keep.append(line)
+    return keep
 
 
 def main(argv: list[str]) -> int:

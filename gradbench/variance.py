@@ -91,6 +91,8 @@ def plot(rows: list[dict], path: Path, note: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from gradbench.names import option
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True, layout="constrained")
     names = list(dict.fromkeys(r["estimator"] for r in rows))
     colours = dict(zip(names, plt.get_cmap("tab10").colors))
@@ -99,10 +101,10 @@ def plot(rows: list[dict], path: Path, note: str) -> None:
             mine = [r for r in rows if r["sweep"] == sweep and r["estimator"] == name]
             xs = [r[sweep] for r in mine]
             ax.errorbar(xs, [r["rel_mse"] for r in mine], yerr=[2 * r["rel_mse_se"] for r in mine], fmt="o",
-                        ms=4, color=colours[name], label=f"{name} (measured ± 2 s.e.)")
+                        ms=4, color=colours[name], label=f"{option('estimator', name)} (measured ± 2 s.e.)")
             theory = [(x, r["theory"]) for x, r in zip(xs, mine) if r["theory"] is not None]
             if theory:
-                ax.plot(*zip(*theory), "--", color=colours[name], lw=1, label=f"{name} (theory)")
+                ax.plot(*zip(*theory), "--", color=colours[name], lw=1, label=f"{option('estimator', name)} (theory)")
         if sweep == "width":
             ax.set_xscale("log", base=2)
         else:

@@ -101,6 +101,7 @@ def test_gd_vs_nag_on_penguins(sweep):
     assert sorted(table["optimizer"]) == ["gd", "nag"] and set(table["n"]) == {2}
 
 
+@pytest.mark.slow  # ~17 s: Optuna's storage and trials (make test-slow; CI runs it)
 def test_cifar_search_draws_trials_with_optunas_random_sampler(sweep, runner):
     out, table = sweep("cifar_search", "hydra.sweeper.n_trials=3", "batch_size=16", "dataset.val_size=20")
     assert len(table) == 3 and (table["failed"] == 0).all()
@@ -114,6 +115,7 @@ def test_depth_sweeps_layers_and_penalties(sweep):
     assert len(table) == 8 and (table["failed"] == 0).all()
 
 
+@pytest.mark.slow  # ~14 s: 15 runs (make test-slow; CI runs it)
 def test_paper_mnist_fair_runs_the_lr_grid_and_picks_per_estimator(sweep):
     out, table = sweep("paper_mnist_fair", "max_steps=2", "batch_size=8", "dataset.val_size=10",
                        report_args=("--best-per", "estimator", "--select", "val_accuracy", "--target-accuracy", "0.1"))
@@ -145,3 +147,32 @@ def test_every_experiment_composes_validates_and_builds_its_update_rule(experime
     validate(cfg, reference=cfg)
     optimizer = instantiate(cfg.optimizer, params=[torch.zeros(1, requires_grad=True)])
     instantiate(cfg.schedule, optimizer=optimizer)
+
+
+MAKEFILE = Path(__file__).resolve().parent.parent / "Makefile"
+# make fg-family's methods, read from the Makefile (name!overrides!rate grid), so none is left out
+FG_METHODS = [m.strip(" \\").split("!") for m in
+              MAKEFILE.read_text().split("FG_METHODS := \\\n")[1].split("\nfg-family:")[0].splitlines()]
+
+
+@pytest.mark.parametrize("name,keys,rates", FG_METHODS, ids=[m[0] for m in FG_METHODS])
+def test_fg_family_trains_each_method_on_its_grid(sweep, name, keys, rates):
+    out, table = sweep("fg_family", *keys.split(","), f"optimizer.lr={rates}", "max_steps=2", "eval_every=1",
+                       "batch_size=8", "dataset.val_size=10", report_args=("--select", "val_accuracy"))
+    assert len(table) == len(rates.split(",")) and (table["n"] == 1).all()
+    assert (table["failed"] == 0).all() or name != "backward"  # 2 steps at a top rate may diverge
+
+
+def test_the_best_groups_overrides_train_it_again_on_other_seeds(sweep, runner):
+    """make fg-family's second stage: best.overrides (the chosen group, without its seed) fed back
+    to `train -m seed=...` gives runs of the same group on the new seeds."""
+    out, table = sweep("fg_family", "estimator=backward", "optimizer.lr=0.001,0.5", "max_steps=3",
+                       "batch_size=8", "dataset.val_size=10", report_args=("--select", "val_accuracy"))
+    chosen = (out / "best.overrides").read_text().splitlines()
+    best = table.loc[table["val_accuracy"].idxmax(), "optimizer.lr"]
+    assert f"optimizer.lr={best:g}" in chosen and not any(o.startswith("seed=") for o in chosen)
+    again = runner.cwd / "outputs" / "again"
+    runner("train", "-m", *chosen, "seed=1,2", f"hydra.sweep.dir={again}", "log_every_s=1000")
+    rerun = [json.loads((d / "summary.json").read_text()) for d in sorted(again.glob("[0-9]*"))]
+    assert [r["seed"] for r in rerun] == [1, 2]
+    assert all(f"optimizer.lr={best:g}" in r["overrides"] for r in rerun)

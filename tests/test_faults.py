@@ -54,6 +54,7 @@ def reference(tmp_path_factory) -> pd.DataFrame:
     return comparable(cwd / "run" / "metrics.csv")
 
 
+@pytest.mark.slow  # ~40 s over 3 seeds of the kill moment (make test-slow; CI runs it)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(tmp_path, reference, seed):
     """After the first checkpoint, kill -9 at a seeded random moment: metrics.csv holds whole,
@@ -77,6 +78,7 @@ def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(tmp_p
     assert json.loads((run / "summary.json").read_text())["stop_reason"] == "max_steps"
 
 
+@pytest.mark.slow  # ~20 s: several runs to refuse (make test-slow; CI runs it)
 def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, capsys):
     run = tmp_path / "run"
     subprocess.run([GRADBENCH, "train", *STATEFUL, "max_steps=20", f"hydra.run.dir={run}"], cwd=tmp_path,
@@ -142,6 +144,7 @@ def test_sigterm_to_a_parallel_sweep_leaves_no_process_behind(tmp_path):
     assert stopped and set(stopped) == {"interrupted"}
 
 
+@pytest.mark.slow  # ~50 s: two sweeps and a kill (make test-slow; CI runs it)
 def test_a_killed_sweep_relaunched_with_skip_done_trains_only_the_missing_jobs(tmp_path):
     """Kill -9 the sweep half-way through its third job; relaunch with skip_done=true and
     resume=true added and the keys in another order: the finished jobs are skipped (counted),

@@ -68,6 +68,7 @@ def gradbench_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("gradbench:")]
 
 
+@pytest.mark.slow  # ~28 s: subprocess runs signalled twice (make test-slow; CI runs it)
 @pytest.mark.parametrize("at", ["checkpoint.pt", "loss.png"])
 def test_sigterm_during_the_end_writes_lets_them_finish_then_exits_143(tmp_path, at):
     """The signal comes while the final checkpoint (or the first plot) is being written: every

@@ -70,6 +70,7 @@ def test_the_configured_minimum_has_zero_gap():
         assert model.f(model.minimum).item() == 0.0
 
 
+@pytest.mark.slow  # ~40 s: full GD paths to 1e-6 (make test-slow; CI runs it)
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_gradient_descent_reaches_each_minimum_from_its_configured_start(runner, protocol):
     (run,) = runner("train", f"+protocol={protocol}", "estimator=backward", "log_every_s=1000", "plot=false")
@@ -95,6 +96,7 @@ def test_manual_refuses_a_test_function(runner, capsys):
     assert exit_info.value.code == 2 and "no hand-derived gradient for model Sphere" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~18 s: the dimension sweep (make test-slow; CI runs it)
 def test_sphere_steps_grow_with_dimension_as_the_theory_says(runner):
     """Forward gradient at lr* = 1/(2(n+2)) on f = ‖x‖²: steps to f < 1e-6 from n = 16 to 64 grow
     by the theory's ratio log(f₀/ε)/−log(1 − 1/(n+2)), 1177/290 = 4.06. Tolerance 25 %: 5 seeds

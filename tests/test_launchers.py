@@ -16,7 +16,7 @@ from conftest import GRADBENCH
 from gradbench.cli import main
 
 
-@pytest.mark.parametrize("launcher", ["parallel", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["parallel", pytest.param("submitit_local", marks=pytest.mark.slow)])  # submitit: ~19 s
 def test_launcher_sweep_completes_records_failures_and_is_reported(runner, launcher):
     out = runner.cwd / "sweep"
     result = runner.subprocess("train", "-m", f"hydra/launcher={launcher}", "threads=1", "model=logreg",
@@ -34,6 +34,7 @@ def test_launcher_sweep_completes_records_failures_and_is_reported(runner, launc
     assert table.loc[-1.0, "failed"] == 2  # lr = -1: a ConfigError in each job, the sweep went on
 
 
+@pytest.mark.slow  # ~17 s: Optuna start-up (make test-slow; CI runs it)
 def test_an_optuna_search_with_diverging_trials_runs_every_trial(runner):
     """Diverged trials return the sweeper's worst value (+inf when minimising), not NaN: Optuna
     records them as complete, the study runs all its trials, exit 0, and the report counts them."""

