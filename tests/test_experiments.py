@@ -79,6 +79,7 @@ def test_paper_mnist_runs_every_estimator(sweep, experiment, model):
     assert {s["choices"]["model"] for s in summaries(out)} == {model}
 
 
+@pytest.mark.slow  # ~14 s: 10 CIFAR-format runs (make test-slow; CI runs it)
 def test_five_models_shows_sgd_and_manual_sgd_identical(sweep):
     _, table = sweep("five_models", "batch_size=16", "max_steps=12")
     assert len(table) == 10 and (table["failed"] == 0).all()
@@ -110,6 +111,7 @@ def test_cifar_search_draws_trials_with_optunas_random_sampler(sweep, runner):
     assert "report val_accuracy" in table.columns
 
 
+@pytest.mark.slow  # ~21 s: 8 CIFAR-format runs (make test-slow; CI runs it)
 def test_depth_sweeps_layers_and_penalties(sweep):
     _, table = sweep("depth", "seed=0", "batch_size=16", "dataset.val_size=20")
     assert len(table) == 8 and (table["failed"] == 0).all()

@@ -173,6 +173,7 @@ def test_a_killed_sweep_relaunched_with_skip_done_trains_only_the_missing_jobs(t
     pd.testing.assert_frame_equal(*tables)
 
 
+@pytest.mark.slow  # ~13 s: two sweeps (make test-slow; CI runs it)
 def test_a_sweep_never_writes_into_a_dir_of_another_config(tmp_path):
     sweep = tmp_path / "sweep"
     subprocess.run([GRADBENCH, "train", "-m", "seed=0", "max_steps=5", "plot=false", f"hydra.sweep.dir={sweep}"],
