@@ -58,6 +58,7 @@ def test_help_and_completion_import_no_torch_pandas_or_matplotlib():
     ("check", "check:", "gradbench check model=mlp"),
     ("bench", "bench:", "gradbench bench +benchmark=penguins_mlp"),
     ("data", "data_root:", "gradbench data dataset=mnist"),
+    ("variance", "variance:", "gradbench variance"),
 ])
 def test_each_hydra_command_has_its_own_help(runner, capsys, command, keys, example):
     with pytest.raises(SystemExit) as exit_info:  # Hydra exits 0 after the help
