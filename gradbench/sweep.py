@@ -77,10 +77,13 @@ def die_with_parent() -> None:
         os._exit(128 + signal.SIGTERM)
 
 
-def start_worker() -> None:
+def start_worker(cwd: str | None = None) -> None:
     """A parallel sweep's worker, first thing: a worker for good, and bound to die with the
-    sweep before it waits for its first job, not only once it trains one."""
+    sweep before it waits for its first job, not only once it trains one; in the sweep's
+    working directory, where its relative run dirs belong."""
     os.environ[WORKER] = "1"
+    if cwd is not None:
+        os.chdir(cwd)
     die_with_parent()
 
 
@@ -96,7 +99,9 @@ def _start_workers_bound() -> None:
 
     class BoundLoky(LokyBackend):
         def configure(self, *args, **kwargs):
-            return super().configure(*args, initializer=start_worker, **kwargs)
+            # the cwd as an argument: loky reuses its workers only for equal arguments, so a
+            # sweep started elsewhere (a second sweep in one process) gets workers of its own
+            return super().configure(*args, initializer=start_worker, initargs=(os.getcwd(),), **kwargs)
 
     register_parallel_backend("loky", BoundLoky)
 
