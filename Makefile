@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow test-all clean reports bench threads test-functions fwd-vs-bwd paper-mnist five-models toy-backprop gd-vs-nag cifar-search depth
+.PHONY: help setup run test test-slow test-all clean reports bench threads test-functions fwd-vs-bwd paper-mnist fg-family variance five-models toy-backprop gd-vs-nag cifar-search depth
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -148,6 +148,10 @@ fg-family: setup ## the forward-gradient family on MNIST: FG-W, FG-A, K=8 mean/p
 	$(GRADBENCH) report $(FG)/seeds --out $(FG)/t05 --select val_accuracy --target-accuracy 0.5 --no-plots >/dev/null
 	$(GRADBENCH) report $(FG)/seeds --out $(FG) --select val_accuracy --target-accuracy 0.9 $(FIGSTYLE)
 	mkdir -p $(FIGURES) && cp $(FG)/val_accuracy.png $(FIGURES)/fg_family.png
+
+variance: setup ## each estimator's error against its theory as the MLP grows (penguins, float64; ~1 min) → README figure
+	$(GRADBENCH) variance device=cpu hydra.run.dir=$(REPORTS)/variance $(ARGS)
+	mkdir -p $(FIGURES) && cp $(REPORTS)/variance/variance.png $(FIGURES)/variance.png
 
 five-models: setup ## report 001: CIFAR-10 car/cat, five SGD settings x {sgd, manual_sgd} (needs CIFAR-10)
 	$(call NEED_DATA,five_models,+protocol=r001_carcat)
