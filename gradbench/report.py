@@ -302,9 +302,8 @@ def rerun_overrides(run: Run) -> list[str]:
     again on other seeds (make fg-family: a rate chosen on seed 0, reported on fresh seeds)."""
     from gradbench.checkpoint import NEUTRAL
 
-    lines = yaml.safe_load((run.path / ".hydra" / "overrides.yaml").read_text()) or []
     keep = []
-    for line in map(str, lines):
+    for line in run.lines:
         key = line.partition("=")[0].lstrip("+~")
         if key != "seed" and key.split(".")[0] not in NEUTRAL and not key.startswith("hydra."):
             keep.append(line)

@@ -65,6 +65,7 @@ class Run:
     summary: dict
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)  # empty when there is no metrics.csv
     group: str = ""  # its group's label (assign_groups)
+    lines: list[str] = field(default_factory=list)  # the overrides as saved, prefixes kept
 
     @property
     def ok(self) -> bool:
@@ -139,7 +140,7 @@ def load_run(path: Path) -> Run:
     text = [c for c in metrics.columns if not pd.api.types.is_numeric_dtype(metrics[c])]
     if text:  # every column is a number (or empty); text is a damaged file, not a result
         raise ValueError(f"metrics.csv: column {text[0]} holds text")
-    return Run(path, overrides, summary, metrics)
+    return Run(path, overrides, summary, metrics, lines=list(map(str, lines)))
 
 
 # summary.json keys the report reads, with the JSON type each must have (null aside)
