@@ -41,6 +41,14 @@ def wait_for(path: Path, timeout: float = 60) -> None:
         time.sleep(0.02)
 
 
+def wait_for_rows(path: Path, rows: int, timeout: float = 120) -> None:
+    """Until metrics.csv (flushed after every row) holds `rows` steps."""
+    deadline = time.monotonic() + timeout
+    while path.read_bytes().count(b"\n") - 1 < rows:
+        assert time.monotonic() < deadline, f"{path} never reached {rows} rows"
+        time.sleep(0.002)
+
+
 def comparable(path: Path) -> pd.DataFrame:
     return read_metrics(path).drop(columns=TIME_COLUMNS)
 
@@ -57,13 +65,15 @@ def reference(tmp_path_factory) -> pd.DataFrame:
 @pytest.mark.slow  # ~40 s over 3 seeds of the kill moment (make test-slow; CI runs it)
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(tmp_path, reference, seed):
-    """After the first checkpoint, kill -9 at a seeded random moment: metrics.csv holds whole,
+    """After the first checkpoint, kill -9 at a seeded random step: metrics.csv holds whole,
     consecutive rows, the checkpoint loads, and `resume=RUN_DIR` completes the run with a
     metrics.csv equal to the uninterrupted one's, bit for bit but for the time columns."""
     run = tmp_path / "run"
     process = start(tmp_path, "train", *STATEFUL, "max_steps=600", f"hydra.run.dir={run}")
     wait_for(run / "checkpoint.pt")
-    time.sleep(random.Random(seed).uniform(0.0, 0.6))
+    # the moment is a step, not a time: a time lets a fast machine finish the run before the kill
+    wait_for_rows(run / "metrics.csv", random.Random(seed).randint(8, 500))
+    assert process.poll() is None, "the run ended before the kill"
     process.kill()
     process.wait()
     text = (run / "metrics.csv").read_text()
