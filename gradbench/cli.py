@@ -312,7 +312,7 @@ def run(argv: list[str]) -> None:
     if {"-h", "--help"} & set(rest):
         rest = [f"hydra/help={command}", *rest]  # conf/hydra/help/<command>.yaml: its usage, keys, examples
     sys.argv = [program, *rest]  # Hydra parses sys.argv
-    if not {"-h", "--help", "-sc", "--shell-completion", "--cfg", "-c", "--info", "-i"} & set(rest):
+    if not PRINT_ONLY & set(rest):
         with exit_on_interrupt():
             import torch  # noqa: F401  (the seconds-long import every command needs, before any dir exists)
     from gradbench.sweep import RESULT, guard_sweep
@@ -323,6 +323,10 @@ def run(argv: list[str]) -> None:
         _hydra_command(HYDRA_COMMANDS[command], command)()
     if RESULT.get("counts", {}).get("failed"):
         sys.exit(1)  # a sweep with failed jobs, after every job ran (the tally line says which)
+
+
+# Hydra's flags that print and exit: no run follows, so no torch to import
+PRINT_ONLY = {"-h", "--help", "-sc", "--shell-completion", "--cfg", "-c", "--info", "-i"}
 
 
 @contextlib.contextmanager
