@@ -150,7 +150,7 @@ fg-family: setup ## the forward-gradient family on MNIST: FG-W, FG-A, K=8 mean/p
 	mkdir -p $(FIGURES) && cp $(FG)/val_accuracy.png $(FIGURES)/fg_family.png
 
 variance: setup ## each estimator's error against its theory as the MLP grows (penguins, float64; ~1 min) → README figure
-	$(GRADBENCH) variance device=cpu hydra.run.dir=$(REPORTS)/variance $(ARGS)
+	$(GRADBENCH) variance device=cpu variance.look.style=paper variance.look.width=page hydra.run.dir=$(REPORTS)/variance $(ARGS)
 	mkdir -p $(FIGURES) && cp $(REPORTS)/variance/variance.png $(FIGURES)/variance.png
 
 five-models: setup ## report 001: CIFAR-10 car/cat, five SGD settings x {sgd, manual_sgd} (needs CIFAR-10)

@@ -10,7 +10,8 @@ estimates of each estimator of `variance.estimators`, and their relative mean-sq
 E‖g − ∇L‖²/‖∇L‖² (mean ± standard error over the samples) beside the estimator's theory
 (Estimator.spread: bias² + variance). Weight perturbation's error grows with the parameter
 count (≈ n + 1), activity perturbation's with the layer widths. Writes variance.csv and
-variance.png (measured points with their standard errors, theory as dashed lines).
+variance.png (measured points with their standard errors, theory as dashed lines), drawn as
+`variance.look` says (`variance.look.style=paper variance.look.width=page`: the README's).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from gradbench.data import batches
 from gradbench.errors import require
 from gradbench.estimators.base import norm2
 from gradbench.estimators.tangents import densify
+from gradbench.figstyle import FORMATS, PALETTE, WIDTHS, Look, legend
 from gradbench.job import build, setup, stream, validate
 from gradbench.models import Objective, count_parameters
 
@@ -42,6 +44,7 @@ def variance_job(cfg: DictConfig, run_dir: Path) -> None:
         require(len(v[key]) >= 1 and all(isinstance(w, int) and w >= 1 for w in v[key]), f"variance.{key}",
                 "must be a non-empty list of positive integers", list(v[key]))
     require(isinstance(v.samples, int) and v.samples >= 2, "variance.samples", "must be an integer >= 2", v.samples)
+    look = look_of(v.look)
     options = catalogue(cfg, {})
     unknown = [e for e in v.estimators if e not in options]
     require(not unknown, "variance.estimators", f"must be options of conf/estimator ({' | '.join(options)})", unknown)
@@ -75,8 +78,19 @@ def variance_job(cfg: DictConfig, run_dir: Path) -> None:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    plot(rows, run_dir / "variance.png", f"{len(idx)} examples, {v.samples} estimates per point")
-    print(f"→ {run_dir / 'variance.csv'}, {run_dir / 'variance.png'}")
+    figures = plot(rows, run_dir / "variance", f"{len(idx)} examples, {v.samples} estimates per point", look)
+    print(f"→ {run_dir / 'variance.csv'}, {', '.join(map(str, figures))}")
+
+
+def look_of(node: DictConfig) -> Look:
+    """variance.look as a figstyle.Look, each key checked against what figstyle allows."""
+    require(node.style in ("default", "paper"), "variance.look.style", "must be one of default | paper", node.style)
+    require(node.width is None or node.width in WIDTHS, "variance.look.width",
+            f"must be null or one of {' | '.join(WIDTHS)}", node.width)
+    formats = tuple(node.formats)
+    require(formats and set(formats) <= set(FORMATS), "variance.look.formats",
+            f"must be a non-empty list of {' | '.join(FORMATS)}", list(formats))
+    return Look(node.style, node.width, formats)
 
 
 def _sq_error(grads: dict, truth: dict) -> float:
@@ -85,36 +99,45 @@ def _sq_error(grads: dict, truth: dict) -> float:
     return sum((g[k] - t).double().square().sum().item() for k, t in truth.items()) / norm2(truth)
 
 
-def plot(rows: list[dict], path: Path, note: str) -> None:
-    """Relative MSE against width (left) and depth (right), log scales; theory dashed."""
-    import matplotlib
-    matplotlib.use("Agg")
+def plot(rows: list[dict], stem: Path, note: str, look: Look) -> list[Path]:
+    """Relative MSE against width (left) and depth (right), log scales: each estimator in its
+    colour, measured points with ± 2 s.e. bars, its theory dashed."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullLocator
 
     from gradbench.names import option
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True, layout="constrained")
     names = list(dict.fromkeys(r["estimator"] for r in rows))
-    colours = dict(zip(names, plt.get_cmap("tab10").colors))
-    for ax, sweep in zip(axes, ("width", "depth")):
-        for name in names:
-            mine = [r for r in rows if r["sweep"] == sweep and r["estimator"] == name]
-            xs = [r[sweep] for r in mine]
-            ax.errorbar(xs, [r["rel_mse"] for r in mine], yerr=[2 * r["rel_mse_se"] for r in mine], fmt="o",
-                        ms=4, color=colours[name], label=f"{option('estimator', name)} (measured ± 2 s.e.)")
-            theory = [(x, r["theory"]) for x, r in zip(xs, mine) if r["theory"] is not None]
-            if theory:
-                ax.plot(*zip(*theory), "--", color=colours[name], lw=1, label=f"{option('estimator', name)} (theory)")
-        if sweep == "width":
-            ax.set_xscale("log", base=2)
-        else:
-            ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.set_yscale("log")
-        fixed = mine[0]["depth"] if sweep == "width" else mine[0]["width"]
-        ax.set_xlabel(f"hidden width (depth {fixed})" if sweep == "width" else f"hidden layers (width {fixed})")
-        ax.grid(True, which="major", alpha=0.3)
-    axes[0].set_ylabel("relative mean-square error E‖g − ∇L‖² / ‖∇L‖²")
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(f"Gradient estimators' error against theory ({note})", fontsize=10)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
+    colours = dict(zip(names, PALETTE))
+    with look.rc():
+        fig, axes = plt.subplots(1, 2, figsize=look.size((9, 3.6)), sharey=True, layout="constrained")
+        for ax, sweep in zip(axes, ("width", "depth")):
+            for name in names:
+                mine = [r for r in rows if r["sweep"] == sweep and r["estimator"] == name]
+                xs = [r[sweep] for r in mine]
+                ax.errorbar(xs, [r["rel_mse"] for r in mine], yerr=[2 * r["rel_mse_se"] for r in mine], fmt="o",
+                            color=colours[name])
+                theory = [(x, r["theory"]) for x, r in zip(xs, mine) if r["theory"] is not None]
+                if theory:
+                    ax.plot(*zip(*theory), "--", color=colours[name])
+            if sweep == "width":  # the widths themselves as ticks, in plain numbers (not 2⁴)
+                ax.set_xscale("log", base=2)
+                ax.set_xticks(sorted({r["width"] for r in mine}))
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+                ax.xaxis.set_minor_locator(NullLocator())
+            else:
+                ax.xaxis.get_major_locator().set_params(integer=True)
+            ax.set_yscale("log")
+            fixed = mine[0]["depth"] if sweep == "width" else mine[0]["width"]
+            ax.set_xlabel(f"hidden width (depth {fixed})" if sweep == "width" else f"hidden layers (width {fixed})")
+            ax.grid(True, which="major", alpha=0.3)
+        axes[0].set_ylabel("relative mean-square error\nE‖g − ∇L‖² / ‖∇L‖²")
+        # one entry per estimator (marker and dashes in its colour), then what marker and dashes mean
+        handles = [Line2D([], [], color=colours[n], marker="o", ls="--", label=option("estimator", n)) for n in names]
+        handles += [Line2D([], [], color="grey", marker="o", ls="none", label="measured ± 2 s.e."),
+                    Line2D([], [], color="grey", ls="--", label="theory")]
+        legend(fig, axes[-1], look, handles, long=True)
+        if look.titles:
+            fig.suptitle(f"Gradient estimators' error against theory ({note})")
+        return look.save(fig, stem)

@@ -6,6 +6,7 @@ p ≈ 6e-5 per point under a normal approximation of the mean) over 16 points, a
 """
 
 import pandas as pd
+import pytest
 
 from conftest import run_dirs
 
@@ -26,3 +27,12 @@ def test_measured_errors_follow_theory_and_grow_as_each_law_says(runner):
     assert width["forward", 32] > 4 * width["forward", 4]
     # activity perturbation's error does not follow the parameter count: far below weights' at width 32
     assert width["forward_activities", 32] < width["forward", 32] / 4
+
+
+def test_a_bad_figure_look_is_one_line_before_any_work(runner, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        runner("variance", "variance.look.style=fancy", "device=cpu")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert "variance.look.style must be one of default | paper, got 'fancy'" in err
+    assert not list(runner.cwd.rglob("variance.csv"))  # refused before the sweep
