@@ -55,7 +55,7 @@ bench threads reports fwd-vs-bwd paper-mnist fg-family five-models cifar-search 
 # The README's images live in outputs/figures/ (kept in git); the targets regenerate them.
 BENCH   := $(REPORTS)/bench
 FIGURES := outputs/figures
-FIGSTYLE := --style paper --width page  # the README's figures: the paper style, a page wide (gradbench/figstyle.py)
+FIGSTYLE := --style paper --width page  # the README's figures: the paper style, a page wide (gradbench/present/figstyle.py)
 bench: setup ## speed and peak memory per step of every estimator (paper MLP/CNN, report 000, K tangents, the forward-gradient family, scaling) → outputs/reports/bench/
 	$(GRADBENCH) bench +benchmark=penguins_mlp hydra.run.dir=$(BENCH)/penguins_mlp $(ARGS)
 	@if $(call NEED_DATA,bench,dataset=mnist) >/dev/null 2>&1; then \

@@ -26,18 +26,7 @@ import warnings
 from pathlib import Path
 
 
-def config_dir() -> str:
-    """The packaged configs: gradbench/conf/ in an installed wheel (pyproject.toml maps conf/
-    there), else the source tree's conf/ (an editable install). Absolute, so any cwd works;
-    `--config-dir DIR` adds a user's own options on top (Hydra's flag)."""
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise RuntimeError(f"gradbench's configs are missing: neither {package / 'conf'} nor {package.parent / 'conf'} exists")
-
-
-CONF = config_dir()
+from gradbench.paths import CONF, config_dir  # noqa: E402  (standard library only)
 
 
 def register_resolvers() -> None:
@@ -91,7 +80,7 @@ def run_job(job, run_dir: Path, multirun: bool):
     empty run dir. Inside a sweep, any failure is recorded in the job's summary.json and the
     sweep goes on. An interrupted run exits 128 + signal (a sweep in this process stops)."""
     from gradbench.errors import ConfigError, Interrupted, JobFailed, OccupiedRunDir, WriteFailed
-    from gradbench.sweep import die_with_parent, in_worker, record
+    from gradbench.run.sweep import die_with_parent, in_worker, record
 
     if multirun:
         die_with_parent()
@@ -135,7 +124,7 @@ def run_job(job, run_dir: Path, multirun: bool):
         if not multirun:
             raise
         record_failure(run_dir, traceback.format_exc())
-    from gradbench.job import worst
+    from gradbench.commands.train import worst
 
     return worst()  # the sweeper's worst value: the study goes on
 
@@ -143,8 +132,8 @@ def run_job(job, run_dir: Path, multirun: bool):
 def record_failure(run_dir: Path, error: str) -> None:
     """Mark a failed sweep job (keeping a summary.json the job already wrote) and log why."""
     from gradbench.errors import WriteFailed
-    from gradbench.metrics import write_json
-    from gradbench.sweep import record
+    from gradbench.run.metrics import write_json
+    from gradbench.run.sweep import record
 
     summary_path = run_dir / "summary.json"
     try:
@@ -163,7 +152,7 @@ def record_failure(run_dir: Path, error: str) -> None:
 def discard_if_empty(run_dir: Path) -> None:
     """Remove a run dir that holds nothing but what Hydra wrote on entry (.hydra/, the log)
     and the job's write lock."""
-    from gradbench.rundir import LOCK
+    from gradbench.run.rundir import LOCK
 
     if run_dir.is_dir() and all(p.name in (".hydra", LOCK) or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -176,7 +165,7 @@ def resume_arguments(rest: list[str]) -> list[str]:
     then the ones given now (which win), writing into RUN_DIR and leaving its .hydra/ as it is.
     RUN_DIR is read as Hydra reads it (`'resume="/runs/a,b"'` is the dir /runs/a,b), and the
     stored overrides are data: any that could make gradbench call something is refused
-    (gradbench.targets) before Hydra sees them."""
+    (gradbench.run.targets) before Hydra sees them."""
     given = [a for a in rest if a.startswith("resume=")]
     if not given:
         return rest
@@ -185,7 +174,7 @@ def resume_arguments(rest: list[str]) -> list[str]:
         return rest
     import yaml
 
-    from gradbench import targets
+    from gradbench.run import targets
     from gradbench.errors import ConfigError, hydra_quote
 
     path = Path(value).expanduser()
@@ -242,11 +231,11 @@ COMMANDS = {
     "eval": "evaluate a finished run's model.pt on a split (metrics, confusion, predictions)",
     "functions": "draw test-function runs: paths over contours, the sphere's steps against dimension",
 }
-HYDRA_COMMANDS = {"train": "gradbench.job:train_job", "check": "gradbench.check:check_job",
-                  "variance": "gradbench.variance:variance_job",
-                  "data": "gradbench.job:data_job", "bench": "gradbench.bench:bench_job"}  # Hydra commands: function(cfg, run_dir)
-PLAIN_COMMANDS = {"report": "gradbench.report:main", "bench-report": "gradbench.bench_report:main",
-                  "eval": "gradbench.evaluate:main", "functions": "gradbench.functions_report:main"}  # argparse commands: function(argv)
+HYDRA_COMMANDS = {"train": "gradbench.commands.train:train_job", "check": "gradbench.commands.check:check_job",
+                  "variance": "gradbench.commands.variance:variance_job",
+                  "data": "gradbench.commands.train:data_job", "bench": "gradbench.commands.bench:bench_job"}  # Hydra commands: function(cfg, run_dir)
+PLAIN_COMMANDS = {"report": "gradbench.commands.report:main", "bench-report": "gradbench.commands.bench_report:main",
+                  "eval": "gradbench.commands.evaluate:main", "functions": "gradbench.commands.functions_report:main"}  # argparse commands: function(argv)
 
 
 def complete_command(argv: list[str]) -> bool:
@@ -315,7 +304,7 @@ def run(argv: list[str]) -> None:
     if not PRINT_ONLY & set(rest):
         with exit_on_interrupt():
             import torch  # noqa: F401  (the seconds-long import every command needs, before any dir exists)
-    from gradbench.sweep import RESULT, guard_sweep
+    from gradbench.run.sweep import RESULT, guard_sweep
 
     RESULT.clear()
     sweep = guard_sweep() if {"-m", "--multirun"} & set(rest) else contextlib.nullcontext()

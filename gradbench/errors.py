@@ -22,7 +22,7 @@ class OccupiedRunDir(ConfigError):
 
 
 class UnsafeConfig(OccupiedRunDir):
-    """A config read back from a run dir names code to call (gradbench.targets): nothing is
+    """A config read back from a run dir names code to call (gradbench.run.targets): nothing is
     called and nothing written."""
 
 

@@ -18,7 +18,7 @@ from gradbench.estimators import Backward, ForwardActivities
 from gradbench.estimators.activities import (_apply, directional, estimate, expected_error, group_counts,
                                              output_shapes, reference_losses)
 from gradbench.estimators.tangents import FOURTH_MOMENT
-from gradbench.job import stream
+from gradbench.run.job import stream
 from gradbench.models import MLP, Objective
 from gradbench.models.cnn import CNN
 

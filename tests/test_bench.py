@@ -10,7 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import run_dirs
-from gradbench.bench import peak_memory_mb
+from gradbench.commands.bench import peak_memory_mb
 from gradbench.cli import main
 from image_fixtures import write_mnist
 
@@ -123,7 +123,7 @@ def test_bench_times_thread_counts_side_by_side_beside_a_background_process(runn
 
 
 def test_threads_auto_takes_one_thread_for_a_small_step_and_the_idle_cores_for_a_large_one(monkeypatch):
-    from gradbench import threads
+    from gradbench.run import threads
 
     monkeypatch.setattr(threads, "TORCH_DEFAULT", 4)
     cpu, cuda, large = torch.device("cpu"), torch.device("cuda"), lambda: threads.AUTO_MIN_FLOPS
@@ -142,7 +142,7 @@ def test_idle_cores_sees_a_busy_process():
     import sys
     import time
 
-    from gradbench.threads import idle_cores
+    from gradbench.run.threads import idle_cores
 
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
@@ -155,7 +155,7 @@ def test_idle_cores_sees_a_busy_process():
 
 
 def test_a_run_records_the_thread_count_auto_chose(runner, monkeypatch):
-    from gradbench import threads
+    from gradbench.run import threads
 
     monkeypatch.setattr(threads, "TORCH_DEFAULT", 2)  # as on a 2-core machine outside the tests
     monkeypatch.setattr(threads, "idle_cores", lambda: 2.0)  # and an idle one

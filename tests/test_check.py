@@ -3,7 +3,7 @@ autograd, 1 when one (a deliberately broken estimator defined here) does not. Al
 per-step diagnostic of training runs (`diagnose=true`).
 
 Statistical tolerances: for normal tangents the mean of N forward gradients over n parameters
-has E‖ḡ − ∇L‖²/‖∇L‖² = (n + 1)/N (gradbench.check.expected_spread); over n ≈ 70 nearly
+has E‖ḡ − ∇L‖²/‖∇L‖² = (n + 1)/N (gradbench.commands.check.expected_spread); over n ≈ 70 nearly
 independent coordinates one draw of that ratio scatters by ~sqrt(2/n) ≈ 17%, so the relative
 error (its square root) stays within a factor 1.5 of sqrt((n + 1)/N). A single estimate's
 cosine |u₁| has standard deviation ≈ 0.75 × its mean; averaged over 100 draws, 7.5%: ±30%.

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gradbench.estimators import Backward, Forward
-from gradbench.job import stream
+from gradbench.run.job import stream
 from gradbench.data.tabular import penguins
 from gradbench.models import MLP, Objective
 

@@ -142,7 +142,7 @@ def test_every_experiment_composes_validates_and_builds_its_update_rule(experime
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from gradbench.validate import validate
+    from gradbench.run.validate import validate
 
     with initialize_config_dir(str(Path(__file__).resolve().parent.parent / "conf"), version_base="1.3"):
         cfg = compose("config", [f"+experiment={experiment}"])

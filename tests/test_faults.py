@@ -19,7 +19,7 @@ import torch
 
 from conftest import GRADBENCH, load_run, run_dirs
 from gradbench.cli import main
-from gradbench.metrics import read_metrics
+from gradbench.run.metrics import read_metrics
 
 TIME_COLUMNS = ["step_time_s", "train_time_s", "wall_time_s"]
 # every kind of state a resume must restore: batch order (batch 16), tangents (forward),
@@ -198,7 +198,7 @@ def test_a_sweep_never_writes_into_a_dir_of_another_config(tmp_path):
 
 def test_a_summary_without_its_outputs_is_not_done(runner):
     """summary.json lists the outputs it promises; a run missing one is not finished."""
-    from gradbench.job import finished_run
+    from gradbench.run.job import finished_run
 
     (run,) = runner("train", "max_steps=5", "eval_every=5", "log_every_s=1000")
     assert finished_run(run) is not None

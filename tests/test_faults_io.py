@@ -24,7 +24,7 @@ import torch
 from conftest import GRADBENCH
 from gradbench.cli import main
 from gradbench.errors import WriteFailed
-from gradbench.metrics import atomic_write, read_metrics
+from gradbench.run.metrics import atomic_write, read_metrics
 
 QUIET = ["threads=1", "log_every_s=1000"]
 LIMIT = 20_000  # bytes: checkpoint (15 kB), model (8 kB), summary and configs fit; the PNGs (65 kB) do not

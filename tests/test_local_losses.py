@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from gradbench.estimators import Backward, FiniteDifference, Forward
-from gradbench.job import stream
+from gradbench.run.job import stream
 from gradbench.models import MLP, Objective
 from gradbench.models.cnn import CNN
 from tests.conftest import FAST, load_run

@@ -1,11 +1,11 @@
-"""The display-name registry (gradbench.names): every option of every config group has a name,
+"""The display-name registry (gradbench.present.names): every option of every config group has a name,
 so a new option cannot be forgotten; override keys read as words; models carry their sizes."""
 
 from pathlib import Path
 
 import pytest
 
-from gradbench import names
+from gradbench.present import names
 from gradbench.cli import CONF
 
 GROUPS = ("estimator", "model", "optimizer", "dataset", "schedule", "optimizer/preset", "protocol")
@@ -16,7 +16,7 @@ def test_every_option_of_every_group_has_a_display_name(group):
     options = sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
     assert options, group
     missing = [o for o in options if o not in names.OPTIONS[group]]
-    assert not missing, f"add a display name to gradbench/names.py OPTIONS[{group!r}] for {missing}"
+    assert not missing, f"add a display name to gradbench/present/names.py OPTIONS[{group!r}] for {missing}"
 
 
 def test_options_and_keys_read_as_words():

@@ -21,10 +21,10 @@ from conftest import FAST
 from gradbench.cli import CONF, main
 from gradbench.columns import METRICS, RUN, STEP_COLUMNS, better, describe, split_of
 from gradbench.estimators.probes import GradientProbe
-from gradbench.figstyle import SPLIT_COLOURS, WIDTHS, Look, wrap
-from gradbench.names import SPLITS
-from gradbench.plots import draw_run
-from gradbench.report_plots import draw_overlays, style
+from gradbench.present.figstyle import SPLIT_COLOURS, WIDTHS, Look, wrap
+from gradbench.present.names import SPLITS
+from gradbench.present.plots import draw_run
+from gradbench.present.report_plots import draw_overlays, style
 
 MODELS = sorted(p.stem for p in (Path(CONF) / "model").glob("*.yaml"))
 
@@ -68,7 +68,7 @@ def test_run_plots_say_what_ran_and_keep_one_colour_per_split(runner):
     for name in ("loss", "accuracy", "errors"):
         fig = figures[name]
         title = fig._suptitle.get_text()
-        # display names (gradbench.names), the hidden sizes inside the model's name
+        # display names (gradbench.present.names), the hidden sizes inside the model's name
         assert "penguins · MLP 4-8-3 · forward gradient · SGD" in title and "learning rate 0.1" in title
         assert "seed 3" in title and "=" not in title and "plot" not in title  # result-neutral keys left out
         for ax in fig.axes:

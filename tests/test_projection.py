@@ -14,7 +14,7 @@ import torch
 from gradbench.data.tabular import penguins
 from gradbench.estimators import Backward, Forward
 from gradbench.estimators.tangents import Rank1, coefficients, projection_spread
-from gradbench.job import stream
+from gradbench.run.job import stream
 from gradbench.models import MLP, Objective
 
 

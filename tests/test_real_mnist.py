@@ -16,9 +16,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from gradbench.data.images import mnist
-from gradbench.job import stream
+from gradbench.run.job import stream
 from gradbench.models import MLP
-from gradbench.report_runs import mean_ci
+from gradbench.present.report_runs import mean_ci
 
 RAW = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "MNIST" / "raw"
 STEPS, SEEDS = 2000, (0, 1, 2)

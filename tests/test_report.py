@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from conftest import FAST, Runner
-from gradbench.report import best_section, main
-from gradbench.report_cells import best_row, cell, interval, ties
-from gradbench.report_runs import mean_ci, t975
+from gradbench.commands.report import best_section, main
+from gradbench.present.report_cells import best_row, cell, interval, ties
+from gradbench.present.report_runs import mean_ci, t975
 
 # t_{0.975, df} from an independent source (scipy.stats.t.ppf), df → value
 T_REFERENCE = {1: 12.706204736174707, 2: 4.302652729749464, 10: 2.2281388519649385,

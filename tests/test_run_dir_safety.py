@@ -20,10 +20,10 @@ import torch
 import yaml
 
 from conftest import FAST, GRADBENCH
-from gradbench import rundir
+from gradbench.run import rundir
 from gradbench.cli import main
 from gradbench.errors import Interrupted, hydra_quote
-from gradbench.metrics import read_metrics
+from gradbench.run.metrics import read_metrics
 
 
 def status(argv: list[str]) -> int:

@@ -14,7 +14,7 @@ import torch
 
 from gradbench.data.tabular import penguins
 from gradbench.estimators import Forward
-from gradbench.job import stream
+from gradbench.run.job import stream
 from gradbench.models import MLP, Objective
 from gradbench.optim import ManualSGD, apply
 from gradbench.estimators.tangents import FOURTH_MOMENT, STRUCTURES, LowRank, densify, second_moment

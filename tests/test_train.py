@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import torch
 
-import gradbench.job
-import gradbench.train
+import gradbench.commands.train
+import gradbench.run.train
 from conftest import FAST, load_run
 from gradbench.models import Objective
 
@@ -62,14 +62,14 @@ def test_forward_and_backward_see_the_same_start_and_batches(runner, monkeypatch
         seen.setdefault("batches", []).append(y.clone())
         return Objective(model, x, y)
 
-    real_train = gradbench.job.train
+    real_train = gradbench.commands.train.train
 
     def recording_train(model, params, *args, **kwargs):
         seen.setdefault("init", []).append({k: p.clone() for k, p in params.items()})
         return real_train(model, params, *args, **kwargs)
 
-    monkeypatch.setattr(gradbench.train, "Objective", recording_objective)
-    monkeypatch.setattr(gradbench.job, "train", recording_train)
+    monkeypatch.setattr(gradbench.run.train, "Objective", recording_objective)
+    monkeypatch.setattr(gradbench.commands.train, "train", recording_train)
     runs = {}
     for estimator in ("forward", "backward"):
         seen.clear()
@@ -195,7 +195,7 @@ def test_cfg_job_prints_the_composed_config(runner):
 
 
 def test_plots_are_redrawn_from_the_csv_alone(runner):
-    from gradbench.plots import plot_run
+    from gradbench.present.plots import plot_run
 
     (run,) = runner("train", "max_steps=10", "eval_every=5", "plot=false")
     assert not (run / "loss.png").exists()
@@ -222,5 +222,5 @@ def test_the_plots_module_without_a_run_dir_prints_its_usage():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "gradbench.plots"], capture_output=True, text=True)
-    assert result.returncode == 2 and result.stderr.startswith("usage: python -m gradbench.plots RUN_DIR")
+    result = subprocess.run([sys.executable, "-m", "gradbench.present.plots"], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.startswith("usage: python -m gradbench.present.plots RUN_DIR")

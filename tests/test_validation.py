@@ -70,7 +70,7 @@ def test_a_run_dir_that_cannot_be_created_is_one_line(runner, run_dir, why):
 
 
 def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_written(runner, capsys, monkeypatch):
-    from gradbench.metrics import MetricsWriter
+    from gradbench.run.metrics import MetricsWriter
 
     real, rows = MetricsWriter.write, {"n": 0}
 

@@ -3,6 +3,11 @@
 Every loader returns a `Data`: the train / val / test splits already on the run's device,
 plus the shape glue the model needs (input shape, number of classes). Nothing here loops
 over samples in Python: a batch is `x[idx]` for a slice `idx` of a seeded permutation.
+
+    __init__.py           Data, Split, batches, standardisation and stratified splits
+    tabular.py            Palmer penguins, the seeded toy sets, no data (test functions)
+    images.py             MNIST and CIFAR-10 (all classes or a subset), cached preprocessed splits
+    torchvision_files.py  raw image files through torchvision: where they live, download, parsing
 """
 
 from __future__ import annotations

@@ -27,6 +27,17 @@ class Spread:
     cosine: float | None = None
 
 
+@dataclass(frozen=True)
+class Passes:
+    """What one step costs, in passes over the batch: forward evaluations, forward-mode (JVP)
+    passes and backward passes (a local backward through one block counts as the fraction of
+    the network it covers). The count that transfers to another device, where seconds do not."""
+
+    forward: float = 0.0
+    forward_mode: float = 0.0
+    backward: float = 0.0
+
+
 def norm2(grads: Params) -> float:
     """‖g‖² over all parameters, in float64."""
     return sum(g.double().square().sum().item() for g in grads.values())
@@ -50,6 +61,10 @@ class Estimator:
     def spread(self, objective: Objective, params: Params, truth: Params) -> Spread | None:
         """The theory of this estimator's error at the true gradient `truth` (None: exact, or no
         theory); `gradbench check` and the variance sweep print it beside the measurement."""
+        return None
+
+    def passes(self, model: Model) -> Passes | None:
+        """What one step of this estimator costs on `model` (None: not stated)."""
         return None
 
     def warm_up(self, objective: Objective, params: Params) -> None:

@@ -1,7 +1,7 @@
 """Optional per-step diagnostics for training runs (`diagnose=true`), run off the clock.
 
 A probe sees each step's objective, parameters and gradient estimate before the update and
-returns extra metrics.csv columns; `gradbench.train.train` excludes its time from step_time_s.
+returns extra metrics.csv columns; `gradbench.run.train.train` excludes its time from step_time_s.
 """
 
 from __future__ import annotations

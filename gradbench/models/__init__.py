@@ -3,6 +3,11 @@
 Every model maps a batch of inputs to outputs and knows its own objective (`loss`) and
 evaluation metrics, so the training loop never asks which model it is running. Input and
 output sizes come from the data (`input_shape`, `num_classes`), never from the config.
+
+    __init__.py   Model (the seam), Objective, MLP, local-loss heads, activations, init laws
+    cnn.py        the convolutional classifier (report 000's CNN, the paper's CNN)
+    toynet.py     report 002's toy network (row vectors, K × K matrices)
+    functions.py  optimisation test functions (Beale, Rosenbrock, Sphere) as models without data
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Plots of `gradbench report`, drawn from the runs' metrics.csv and summary.json alone.
 
-<column>.png (or .pdf, .svg: gradbench.figstyle) for each evaluated metric (train_loss,
+<column>.png (or .pdf, .svg: gradbench.present.figstyle) for each evaluated metric (train_loss,
 val_accuracy, ...), against step and against training time: each seed thin, the group's mean
 bold, drawn only over the steps every finished seed of the group reaches (a mean over the
 seeds still running would jump where one stops: survivor bias), so the legend says where the
@@ -8,7 +8,7 @@ mean ends. Dotted means diverged or failed, nothing else: such runs are drawn do
 their last finite value with a ✕; a group with nothing to draw stays in the legend, marked.
 Groups differ in colour, line style and marker (markers staggered along the curve, so groups
 whose curves coincide stay visible; the legend says "identical to …" where their means are
-equal), and are labelled in the words of gradbench.names. confusion.png: a k × k matrix with
+equal), and are labelled in the words of gradbench.present.names. confusion.png: a k × k matrix with
 its values in the cells.
 """
 
@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from gradbench import names
+from gradbench.present import names
 from gradbench.columns import describe, split_of
-from gradbench.figstyle import DOTTED, PALETTE, Look, integer_steps, legend, plain_log_ticks
-from gradbench.plots import HUGE
-from gradbench.report_runs import BAD
+from gradbench.present.figstyle import DOTTED, PALETTE, Look, integer_steps, legend, plain_log_ticks
+from gradbench.present.plots import HUGE
+from gradbench.present.report_runs import BAD
 
 STYLES = ("-", "--", "-.")  # not ":": dotted is reserved for diverged and failed runs
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")

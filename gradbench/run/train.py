@@ -21,11 +21,11 @@ from torch.func import functional_call
 
 from gradbench.data import Data, Split, batches
 from gradbench.estimators import Estimator
-from gradbench.metrics import MetricsWriter
+from gradbench.run.metrics import MetricsWriter
 from gradbench.models import Model, Objective, Params
 from gradbench.optim import apply
-from gradbench.progress import StepBar
-from gradbench.sweep import in_worker
+from gradbench.run.progress import StepBar
+from gradbench.run.sweep import in_worker
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ class Signals:
     run cleanly (`signum` is set); a second exits at once, leaving every finished CSV row and
     the last checkpoint on disk. Handlers are installed only in the main thread, and restored.
     In a sweep's worker process only SIGTERM counts: the sweep's parent turns a Ctrl-C into one
-    SIGTERM per worker (gradbench.sweep.guard_sweep), so the terminal's own SIGINT is ignored."""
+    SIGTERM per worker (gradbench.run.sweep.guard_sweep), so the terminal's own SIGINT is ignored."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
@@ -254,7 +254,7 @@ def not_a_result(evals: dict[str, dict[str, float]]) -> dict[str, dict[str, floa
 
 
 def _state(params: Params, timed_step: Step, order, result: Result) -> dict:
-    """Everything `train` needs to continue from here (see gradbench.checkpoint)."""
+    """Everything `train` needs to continue from here (see gradbench.run.checkpoint)."""
     generator = timed_step.estimator.generator
     return {"step": result.steps, "params": dict(params),
             "optimizer": timed_step.optimizer.state_dict(), "scheduler": timed_step.scheduler.state_dict(),

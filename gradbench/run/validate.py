@@ -16,7 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from gradbench.columns import SPLITS
 from gradbench.errors import ConfigError, require
-from gradbench.event_log import LOGGERS
+from gradbench.run.event_log import LOGGERS
 from gradbench.models import INIT_LAWS
 
 GROUPS = ("dataset", "model", "estimator", "optimizer", "schedule")

@@ -19,9 +19,9 @@ import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from gradbench.checkpoint import NEUTRAL, flatten
+from gradbench.run.checkpoint import NEUTRAL, flatten
 from gradbench.columns import SPLITS
-from gradbench.metrics import read_metrics, with_initial
+from gradbench.run.metrics import read_metrics, with_initial
 
 BAD = ("failed", "diverged", "interrupted")  # stop reasons whose numbers are left out of the means
 
@@ -168,7 +168,7 @@ def check_summary(summary) -> None:
 def group_of(run: Run, ignore: tuple[str, ...] = ()) -> dict[str, str]:
     """The overrides that define a run's group, sorted by key (their order on the command line
     changes nothing): all but the seed, the ignored keys and the keys that change no result
-    (threads, skip_done, plot, ...: gradbench.checkpoint.NEUTRAL)."""
+    (threads, skip_done, plot, ...: gradbench.run.checkpoint.NEUTRAL)."""
     return {k: v for k, v in sorted(run.overrides.items())
             if k != "seed" and k not in ignore and k.split(".")[0] not in NEUTRAL}
 

@@ -52,7 +52,7 @@ class StepBar:
 
 
 class SweepBar:
-    """Jobs of a sweep, counted from the outcome files the jobs write (gradbench.sweep.record),
+    """Jobs of a sweep, counted from the outcome files the jobs write (gradbench.run.sweep.record),
     so it follows any launcher: jobs in this process, in joblib workers, on SLURM."""
 
     def __init__(self, outcomes: Path, total: int | None) -> None:

@@ -1,13 +1,13 @@
 """Plots of one run, drawn from its files alone (metrics.csv, .hydra/, summary.json's initial
 evaluation), so any run can be re-plotted later:
 
-    python -m gradbench.plots outputs/runs/<date>/<time> [--style paper --width column --format pdf]
+    python -m gradbench.present.plots outputs/runs/<date>/<time> [--style paper --width column --format pdf]
 
 One <figure>.png per figure of gradbench.columns that the CSV has values for (loss, accuracy,
 error rate, the test functions' gap and distance, the diagnostics of `diagnose=true`): the
 metric against step and against training time, step 0 = the initial evaluation, one colour per
 split (figstyle.SPLIT_COLOURS) in every file, log scale where the column says so, and a title
-saying what ran in the words of gradbench.names. A diverged run is marked: the y range stops
+saying what ran in the words of gradbench.present.names. A diverged run is marked: the y range stops
 short of the blow-up, a ✕ and "diverged at step N" where it happened.
 """
 
@@ -23,21 +23,21 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from gradbench import names
-from gradbench.checkpoint import NEUTRAL
+from gradbench.present import names
+from gradbench.run.checkpoint import NEUTRAL
 from gradbench.columns import SPLITS, describe, split_of, with_rates
-from gradbench.figstyle import SPLIT_COLOURS, Look, add_arguments, integer_steps, legend, look_of, mark_diverged, \
+from gradbench.present.figstyle import SPLIT_COLOURS, Look, add_arguments, integer_steps, legend, look_of, mark_diverged, \
     plain_log_ticks, wrap
-from gradbench.metrics import read_metrics, with_initial
-from gradbench.report_runs import hydra_choices
-from gradbench.validate import GROUPS
+from gradbench.run.metrics import read_metrics, with_initial
+from gradbench.present.report_runs import hydra_choices
+from gradbench.run.validate import GROUPS
 
 HUGE = 1e30  # a diverging run's values beyond this are clipped to it (drawing 1e285 overflows)
 BLOWUP = 1e3  # a diverged run's log axes stop at this many times its first value: the rest is the blow-up
 
 
 def run_title(run_dir: Path, summary: dict | None = None) -> list[str]:
-    """What ran, as display names (gradbench.names): data, model, estimator, optimizer, the other
+    """What ran, as display names (gradbench.present.names): data, model, estimator, optimizer, the other
     overrides (no seed, no result-neutral keys), the seed; from the run's .hydra/ files."""
     hydra_dir = Path(run_dir) / ".hydra"
     read = lambda name: yaml.safe_load((hydra_dir / name).read_text()) if (hydra_dir / name).is_file() else None  # noqa: E731
@@ -170,10 +170,10 @@ def stop_before_blowup(ax, values: pd.DataFrame) -> None:
 
 def main(argv: list[str]) -> int:
     if not argv:
-        print("usage: python -m gradbench.plots RUN_DIR [RUN_DIR ...] [--style paper] [--width column|page] "
+        print("usage: python -m gradbench.present.plots RUN_DIR [RUN_DIR ...] [--style paper] [--width column|page] "
               "[--format pdf ...]  (redraws a run's plots from its metrics.csv)", file=sys.stderr)
         return 2
-    parser = argparse.ArgumentParser(prog="python -m gradbench.plots", description="Redraw run plots from "
+    parser = argparse.ArgumentParser(prog="python -m gradbench.present.plots", description="Redraw run plots from "
                                      "their metrics.csv, summary.json and .hydra/.")
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR")
     add_arguments(parser)

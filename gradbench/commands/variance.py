@@ -24,13 +24,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from gradbench.check import catalogue
+from gradbench.commands.check import catalogue
 from gradbench.data import batches
 from gradbench.errors import require
 from gradbench.estimators.base import norm2
 from gradbench.estimators.tangents import densify
-from gradbench.figstyle import FORMATS, PALETTE, WIDTHS, Look, legend
-from gradbench.job import build, setup, stream, validate
+from gradbench.present.figstyle import FORMATS, PALETTE, WIDTHS, Look, legend
+from gradbench.run.job import build, setup, stream, validate
 from gradbench.models import Objective, count_parameters
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ def plot(rows: list[dict], stem: Path, note: str, look: Look) -> list[Path]:
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, NullLocator
 
-    from gradbench.names import option
+    from gradbench.present.names import option
 
     names = list(dict.fromkeys(r["estimator"] for r in rows))
     colours = dict(zip(names, PALETTE))

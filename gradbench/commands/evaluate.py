@@ -16,18 +16,18 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from gradbench import targets
+from gradbench.run import targets
 from gradbench.columns import SPLITS
 from gradbench.errors import ConfigError
-from gradbench.job import DTYPES, build, resolve_device, stream
-from gradbench.train import evaluate, predict
+from gradbench.run.job import DTYPES, build, resolve_device, stream
+from gradbench.run.train import evaluate, predict
 
 USAGE = "usage: gradbench eval RUN_DIR [split=test|val|train] [predictions=true|false] [device=...]"
 
 
 def run_config(run_dir: Path, config_dir: str | None = None) -> dict:
     """The resolved config the run trained with, refused in one line naming the file if it is
-    unreadable or names code to call (a run dir is data: gradbench.targets)."""
+    unreadable or names code to call (a run dir is data: gradbench.run.targets)."""
     summary = run_dir / "summary.json"
     if summary.is_file():
         try:
@@ -74,7 +74,7 @@ def parse(argv: list[str]) -> tuple[Path, dict]:
         print(USAGE + "\n\n" + __doc__.split("\n\n", 1)[1])
         sys.exit(0)
     # config_dir: the user's own config dir the run was trained with (--config-dir): its
-    # `_target_`s may be instantiated too (gradbench.targets)
+    # `_target_`s may be instantiated too (gradbench.run.targets)
     options = {"split": "test", "predictions": "false", "device": None, "config_dir": None}
     for arg in argv[1:]:
         key, sep, value = arg.partition("=")

@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 OUTCOMES = ("finished", "diverged", "failed", "interrupted", "skipped")
-BARS: dict = {}  # sweep dir → its progress bar (gradbench.progress.SweepBar), in the sweep's process
+BARS: dict = {}  # sweep dir → its progress bar (gradbench.run.progress.SweepBar), in the sweep's process
 RESULT: dict = {}  # the last sweep's tally in this process, for the CLI's exit status
 
 
@@ -164,10 +164,10 @@ def _running(pid: int) -> bool:
 
 class Tally(Callback):
     """Counts the outcomes of a sweep's jobs and logs the one-line verdict; on a terminal, a
-    bar follows the count as the jobs end (gradbench.progress.SweepBar)."""
+    bar follows the count as the jobs end (gradbench.run.progress.SweepBar)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        from gradbench.progress import SweepBar, sweep_size
+        from gradbench.run.progress import SweepBar, sweep_size
 
         shutil.rmtree(_folder(config.hydra.sweep.dir), ignore_errors=True)
         # kept outside the callback: the launcher pickles callbacks for its workers (a thread does not pickle)

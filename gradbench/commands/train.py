@@ -1,129 +1,34 @@
-"""One training run from a composed config: validate, build, train, write the run dir.
-
-This is the only module that reads the config; everything it calls takes plain objects.
+"""`gradbench train` (and `gradbench data`): one training run from a composed config —
+validate, build (gradbench.run.job), train (gradbench.run.train), then write the run dir:
+metrics, checkpoint, model.pt, the figures (gradbench.present.plots), summary.json last.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import signal
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from gradbench import checkpoint, rundir, targets, threads
-from gradbench.data import Data
-from gradbench.errors import ConfigError, Interrupted, OccupiedRunDir, WriteFailed, choose, require
-from gradbench.estimators import Estimator
 from gradbench.columns import STEP_COLUMNS, eval_columns
-from gradbench.event_log import open_log
-from gradbench.metrics import MetricsWriter, atomic_write, remove_stale, write_json
-from gradbench.models import Model, Objective, Params, count_parameters
+from gradbench.errors import ConfigError, Interrupted, OccupiedRunDir, WriteFailed
+from gradbench.estimators import Estimator
 from gradbench.estimators.probes import GradientProbe
-from gradbench.sweep import record
-from gradbench.validate import validate as check_config
-from gradbench.train import Result, Signals, Step, StopRule, predict, train
+from gradbench.models import count_parameters
+from gradbench.run import checkpoint, rundir, targets, threads
+from gradbench.run.event_log import open_log
+from gradbench.run.job import Setup, build, finished_run, set_deterministic, setup, step_flops, stored_config, \
+    stream, validate
+from gradbench.run.metrics import MetricsWriter, atomic_write, remove_stale, write_json
+from gradbench.run.sweep import record
+from gradbench.run.train import Result, Signals, Step, StopRule, predict, train
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` → cuda, then mps, then cpu; an explicit device must exist on this machine."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device must be auto | cpu | cuda | cuda:N | mps, got {name!r}") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    require(available.get(device.type, False), "device", "is not available on this machine", name)
-    if device.type == "cuda" and device.index is not None:
-        require(device.index < torch.cuda.device_count(), "device",
-                f"index must be < {torch.cuda.device_count()}", name)
-    return device
-
-
-def set_deterministic(on: bool) -> None:
-    """torch.use_deterministic_algorithms, called only to change the setting: the call imports
-    torch._inductor, about 4 s of a 1 s penguins run on a 2-core machine."""
-    if torch.are_deterministic_algorithms_enabled() != on:
-        torch.use_deterministic_algorithms(on)
-
-
-def stream(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """An independent generator per purpose (data, init, batches, tangents), all from `seed`."""
-    digest = hashlib.sha256(f"gradbench/{seed}/{name}".encode()).digest()
-    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little"))
-
-
-def build(node: DictConfig, group: str, **runtime):
-    """Instantiate a group's option; a ConfigError inside comes out as itself, any other error
-    as a ConfigError naming the group and the cause (torch's own message, say)."""
-    try:
-        return instantiate(node, **runtime)
-    except InstantiationException as e:
-        cause = e.__cause__
-        if isinstance(cause, ConfigError):
-            raise cause from None
-        if isinstance(cause, (ValueError, TypeError)):
-            raise ConfigError(f"{group} ({node.get('_target_')}): {cause}") from None
-        raise
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check the run keys and the group options before any work (gradbench.validate)."""
-    choose("dtype", cfg.dtype, DTYPES)
-    check_config(cfg)
-
-
-@dataclass
-class Setup:
-    """Everything a run needs, built from the config at the run's seed."""
-
-    device: torch.device
-    data: Data
-    model: Model
-    params: Params
-
-
-def setup(cfg: DictConfig) -> Setup:
-    """Data on the device, then the model and its initial parameters (seeded streams); the
-    command has validated `cfg` first."""
-    device = resolve_device(cfg.device)
-    dtype = DTYPES[cfg.dtype]
-    data = build(cfg.dataset, "dataset", generator=stream(cfg.seed, "data")).to(device, dtype)
-    n = len(data.train)
-    require(cfg.batch_size is None or cfg.batch_size <= n, "batch_size",
-            f"must be <= the training split size ({n}) or null for full batch", cfg.batch_size)
-    model = build(cfg.model, "model", input_shape=data.input_shape, num_classes=data.num_classes)
-    model.initialise(stream(cfg.seed, "init"))
-    model.to(device=device, dtype=dtype)
-    # Detached views share storage with the model: optimizer steps update its state_dict too.
-    params = {name: p.detach() for name, p in model.named_parameters()}
-    return Setup(device, data, model, params)
-
-
-def step_flops(s: Setup, batch_size: int | None) -> int:
-    """Forward FLOPs of one training batch (one example's, times the batch size)."""
-    n = len(s.data.train)
-    if n == 0:
-        return 0
-    one = s.data.train.take(slice(0, 1))
-    return threads.forward_flops(lambda: Objective(s.model, one.x, one.y).loss(s.params)) * min(batch_size or n, n)
 
 
 def data_job(cfg: DictConfig, run_dir: Path) -> None:
@@ -138,7 +43,7 @@ def data_job(cfg: DictConfig, run_dir: Path) -> None:
 
 
 def train_job(cfg: DictConfig, run_dir: Path) -> float:
-    """Train one config into `run_dir`, holding its write lock (gradbench.rundir); returns the
+    """Train one config into `run_dir`, holding its write lock (gradbench.run.rundir); returns the
     headline metric for sweepers."""
     with rundir.lock(run_dir):
         return _train(cfg, run_dir)
@@ -232,7 +137,7 @@ def _checkpoint_to_resume(cfg: DictConfig, run_dir: Path, config: dict) -> dict 
 def _left_as_it_is(cfg: DictConfig, run_dir: Path, resume: dict | None) -> float | None:
     """The headline of a stored run this job leaves as it is, or None to train. A run that is
     done or diverged is skipped under skip_done or a sweep's resume=true, and refused under
-    resume=RUN_DIR; one past the new budget is always refused (gradbench.rundir.verdict)."""
+    resume=RUN_DIR; one past the new budget is always refused (gradbench.run.rundir.verdict)."""
     done = finished_run(run_dir) if (cfg.skip_done or cfg.resume) else None
     if done is None and resume is None:
         return None
@@ -244,19 +149,6 @@ def _left_as_it_is(cfg: DictConfig, run_dir: Path, resume: dict | None) -> float
     log.info("skipped: %s already holds a run of this config: %s", run_dir, why)
     record(run_dir, "skipped")
     return headline(done["final"], cfg.sweep_metric) if done else worst()
-
-
-def stored_config(run_dir: Path) -> dict | None:
-    """The resolved config of the run `run_dir` holds (its checkpoint's, else its summary's),
-    or None if it holds no run yet; a config naming code to call is refused (gradbench.targets)."""
-    state = checkpoint.load(run_dir, targets.job_config_dir())
-    if state is not None:
-        return state["config"]
-    summary = read_summary(run_dir)
-    if not summary or not isinstance(summary.get("config"), dict):
-        return None
-    targets.check(summary["config"], str(run_dir / "summary.json"), targets.job_config_dir(), prefix="config.")
-    return summary["config"]
 
 
 def headline(final: dict[str, dict[str, float]], metric: str) -> float:
@@ -287,35 +179,6 @@ def _overrides() -> list[str]:
     return list(HydraConfig.get().overrides.task)
 
 
-def read_summary(run_dir: Path) -> dict | None:
-    """summary.json of `run_dir`; None if absent or unreadable (a broken file is logged)."""
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        log.warning("unreadable %s (%s): treated as no summary", path, e)
-        return None
-    if not isinstance(summary, dict):
-        log.warning("%s is no summary (a JSON %s): treated as no summary", path, type(summary).__name__)
-        return None
-    return summary
-
-
-def finished_run(run_dir: Path) -> dict | None:
-    """The summary of a finished run in `run_dir`, if it holds one: the summary says so (it
-    is written last, atomically) AND every output it lists exists."""
-    summary = read_summary(run_dir)
-    if not summary or summary.get("stop_reason") in (None, "failed", "interrupted"):
-        return None
-    missing = [name for name in summary.get("outputs", []) if not (run_dir / name).is_file()]
-    if missing:
-        log.info("%s: the summary says finished but %s missing: training again", run_dir, ", ".join(missing))
-        return None
-    return summary
-
-
 def _choices() -> str:
     from hydra.core.hydra_config import HydraConfig
 
@@ -328,7 +191,7 @@ def _plot(run_dir: Path, initial: dict) -> list[str]:
     a full disk would leave a partial PNG under its final name)."""
     import matplotlib.pyplot as plt  # matplotlib: only a run that draws imports it
 
-    from gradbench.plots import draw_run
+    from gradbench.present.plots import draw_run
 
     written = []
     for figure, fig in draw_run(run_dir, initial).items():

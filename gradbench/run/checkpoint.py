@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from gradbench.metrics import atomic_write
+from gradbench.run.metrics import atomic_write
 
 FILE = "checkpoint.pt"
 # Keys that change no number a run produces: a finished run with other values of these is the
@@ -36,9 +36,9 @@ KEYS = ("step", "params", "optimizer", "scheduler", "tangents", "batches", "resu
 
 def load(run_dir: Path, config_dir: str | None = None) -> dict | None:
     """The run dir's checkpoint, or None if it has none. Tensors and plain data only
-    (weights_only), its config checked like any config read back (gradbench.targets); a file
+    (weights_only), its config checked like any config read back (gradbench.run.targets); a file
     that is no such checkpoint is refused in one line naming it."""
-    from gradbench import targets
+    from gradbench.run import targets
     from gradbench.errors import OccupiedRunDir
 
     path = Path(run_dir) / FILE

@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from gradbench.data import batches
 from gradbench.errors import ConfigError, JobFailed, require
 from gradbench.estimators import Estimator
-from gradbench.job import build, setup, stream, validate
-from gradbench.metrics import write_json
+from gradbench.run.job import build, setup, stream, validate
+from gradbench.run.metrics import write_json
 from gradbench.models import Objective, Params, count_parameters
 from gradbench.estimators.probes import compare
 from gradbench.estimators.tangents import densify

@@ -5,10 +5,10 @@
                      [--style paper] [--width column|page] [--format pdf svg png]
 
 Groups are the runs' resolved configs minus the seed and result-neutral keys, labelled by their
-overrides (in the figures: by gradbench.names); cells are mean ± 95% CI over the group's seeds
-(gradbench.report_runs), clipped to the metric's range and shown as [lo, hi] where the t-interval
-would leave it (gradbench.report_cells). Writes table.csv, table.md, best.md (the best group and the groups tied with
-it), confusion.png, <metric>.png overlays (gradbench.report_plots; --format for PDF or SVG)
+overrides (in the figures: by gradbench.present.names); cells are mean ± 95% CI over the group's seeds
+(gradbench.present.report_runs), clipped to the metric's range and shown as [lo, hi] where the t-interval
+would leave it (gradbench.present.report_cells). Writes table.csv, table.md, best.md (the best group and the groups tied with
+it), confusion.png, <metric>.png overlays (gradbench.present.report_plots; --format for PDF or SVG)
 and, with --best-per, table_best.csv/.md; prints the tables.
 """
 
@@ -24,11 +24,11 @@ import pandas as pd
 import yaml
 from omegaconf import OmegaConf
 
-from gradbench import names
+from gradbench.present import names
 from gradbench.columns import better
-from gradbench.figstyle import add_arguments, look_of
-from gradbench.report_cells import CI_NOTE, TIE_RULE, best_row, cell, fmt, interval, maximise, ties
-from gradbench.report_runs import Run, aggregate, assign_groups, find_runs, group_of, metric_columns, resolved, \
+from gradbench.present.figstyle import add_arguments, look_of
+from gradbench.present.report_cells import CI_NOTE, TIE_RULE, best_row, cell, fmt, interval, maximise, ties
+from gradbench.present.report_runs import Run, aggregate, assign_groups, find_runs, group_of, metric_columns, resolved, \
     runs_frame
 
 def varying(groups: list[dict[str, str]]) -> list[str]:
@@ -225,7 +225,7 @@ def report(args: argparse.Namespace) -> int:
         text += write_table(best, [args.best_per, *(k for k in keys if k != args.best_per)],
                             out / "table_best", reference.get("source"))
     if not args.no_plots:
-        from gradbench.report_plots import plot_overlays
+        from gradbench.present.report_plots import plot_overlays
 
         plot_overlays({short[g]: [(r.curve(), r.summary.get("stop_reason", "")) for r in rs]
                        for g, rs in by_group.items()}, out, look_of(args))
@@ -235,7 +235,7 @@ def report(args: argparse.Namespace) -> int:
 
 
 def display(run: Run, keys: list[str]) -> str:
-    """A group's label in the figures: the keys that vary between groups, in words (gradbench.names),
+    """A group's label in the figures: the keys that vary between groups, in words (gradbench.present.names),
     each with this group's value (a key it does not override: its config value, unless the key
     belongs to a group option that varies too: "forward gradient (rank-1)" says its structure)."""
     values = {k: None if k not in run.overrides and k.split(".")[0] in keys else run.lookup(k) for k in keys}
@@ -286,7 +286,7 @@ def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Pat
     matrix = confusion(runs)
     text = best_section(row, metric, runs, None if args.no_plots else matrix, tied)
     if matrix is not None and not args.no_plots:
-        from gradbench.report_plots import plot_confusion
+        from gradbench.present.report_plots import plot_confusion
 
         n = sum(1 for r in runs if r.ok and r.summary.get("test_confusion"))
         plot_confusion(matrix, f"{name}\ntest set, mean over {n} seed(s)", out / "confusion",
@@ -300,7 +300,7 @@ def rerun_overrides(run: Run) -> list[str]:
     """The best group's overrides, one per line, without its seed and the keys that do not change
     a result: `xargs -d '\\n' -a best.overrides gradbench train -m seed=1,2,3` trains the group
     again on other seeds (make fg-family: a rate chosen on seed 0, reported on fresh seeds)."""
-    from gradbench.checkpoint import NEUTRAL
+    from gradbench.run.checkpoint import NEUTRAL
 
     keep = []
     for line in run.lines:

@@ -26,8 +26,8 @@ SAFE_RESOLVERS = ("oc.env", "oc.select", "now", "forward_gradient_sphere_lr")
 
 
 def packaged() -> Path:
-    """gradbench's own conf/, the one the CLI composes (gradbench.cli.config_dir)."""
-    from gradbench.cli import CONF  # the CLI module imports only the standard library
+    """gradbench's own conf/, the one the CLI composes (gradbench.paths.config_dir)."""
+    from gradbench.paths import CONF
 
     return Path(CONF)
 

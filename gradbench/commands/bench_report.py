@@ -23,9 +23,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from gradbench import names
-from gradbench.bench import COLUMNS, format_table
-from gradbench.figstyle import Look, add_arguments, look_of
+from gradbench.present import names
+from gradbench.commands.bench import COLUMNS, format_table
+from gradbench.present.figstyle import Look, add_arguments, look_of
 
 AXES = {"batch_size": "batch size", "num_params": "parameters", "layers": "depth (weight layers)"}
 

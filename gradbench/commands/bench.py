@@ -8,7 +8,7 @@ On one batch of the training split, at the seed's initial parameters, each estim
 `bench.estimators` (options of conf/estimator/, or `bench.extra`) runs `bench.steps` timed
 steps in turn (on the run's model, or on the model with `bench.models`' overrides for that
 entry: local losses beside plain backprop, say), for `bench.rounds` interleaved rounds, so
-drift in machine load hits every estimator alike; parameters are reset before each round. A step is `gradbench.train.Step`,
+drift in machine load hits every estimator alike; parameters are reset before each round. A step is `gradbench.run.train.Step`,
 the very unit training times: estimate, update, scheduler step, device-synchronised, after
 one untimed warm-up. Reported per estimator and batch size:
 - median step time and its interquartile range;
@@ -39,14 +39,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
-from gradbench import threads
-from gradbench.check import catalogue
+from gradbench.run import threads
+from gradbench.commands.check import catalogue
 from gradbench.data import batches
 from gradbench.errors import require
-from gradbench.job import build, setup, stream, validate
+from gradbench.run.job import build, setup, stream, validate
 from gradbench.models import Objective, count_parameters
-from gradbench.threads import background_load
-from gradbench.train import Step, synchroniser
+from gradbench.run.threads import background_load
+from gradbench.run.train import Step, synchroniser
 
 COLUMNS = ["estimator", "batch_size", "device", "threads", "load", "auto_threads", "forward_flops", "num_params", "layers", "loss_eval_s", "median_step_s",
            "iqr_step_s", "R", "paper_R", "ratio", "peak_memory_mb"]

@@ -49,7 +49,7 @@ def lock(run_dir: Path):
 
 
 def verdict(state: dict | None, summary: dict | None, stop) -> tuple[str, str]:
-    """(kind, why) for a stored run under the stop rules `stop` (gradbench.train.StopRule):
+    """(kind, why) for a stored run under the stop rules `stop` (gradbench.run.train.StopRule):
     "go" (train on, or write a killed run's outputs), "done" (finished, and the rules leave
     nothing to train), "diverged" (nothing to continue), "past" (the checkpoint is beyond the
     budget: continuing would rewrite a longer run as a shorter one)."""
@@ -139,8 +139,8 @@ def roll_back(run_dir: Path, step: int, metrics: bytes) -> bool:
     """After a resumed run failed: if no checkpoint past `step` was written, put metrics.csv
     back as it was (True), so the run dir is the one the command found; else False (the run
     moved on, and its outputs say it failed)."""
-    from gradbench import checkpoint
-    from gradbench.metrics import atomic_write
+    from gradbench.run import checkpoint
+    from gradbench.run.metrics import atomic_write
 
     try:
         moved_on = (checkpoint.load(run_dir) or {}).get("step", step) != step

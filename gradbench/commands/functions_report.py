@@ -27,17 +27,18 @@ from hydra.utils import instantiate
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import NullLocator
 
-from gradbench import names, targets
+from gradbench.present import names
+from gradbench.run import targets
 from gradbench.errors import ConfigError
-from gradbench.figstyle import PALETTE, Look, add_arguments, look_of
-from gradbench.report_runs import Run, find_runs, mean_ci
+from gradbench.present.figstyle import PALETTE, Look, add_arguments, look_of
+from gradbench.present.report_runs import Run, find_runs, mean_ci
 
-# one colour per estimator, the same in every figure (Okabe–Ito, gradbench.figstyle)
+# one colour per estimator, the same in every figure (Okabe–Ito, gradbench.present.figstyle)
 COLOURS = dict(zip(names.OPTIONS["estimator"], PALETTE))
 
 
 def model_of(run: Run):
-    """The run's test function, rebuilt from its summary (checked in `main`: gradbench.targets)."""
+    """The run's test function, rebuilt from its summary (checked in `main`: gradbench.run.targets)."""
     return instantiate(run.summary["config"]["model"])
 
 
