@@ -14,7 +14,6 @@ from __future__ import annotations
 # jobs and their libraries are imported by the command that needs them.
 import contextlib
 import importlib
-import json
 import logging
 import os
 import shutil
@@ -135,10 +134,12 @@ def record_failure(run_dir: Path, error: str) -> None:
     from gradbench.run.metrics import write_json
     from gradbench.run.sweep import record
 
+    from gradbench.run import files
+
     summary_path = run_dir / "summary.json"
     try:
-        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    except ValueError:  # a broken summary of this job's own earlier try
+        summary = files.read_summary(summary_path) if files.exists(summary_path) else {}
+    except ValueError:  # a broken summary (of this job's own earlier try, or planted): replaced
         summary = {}
     summary.update(stop_reason="failed", error=error)
     try:
@@ -150,14 +151,21 @@ def record_failure(run_dir: Path, error: str) -> None:
 
 
 def discard_if_empty(run_dir: Path) -> None:
-    """Remove a run dir that holds nothing but what Hydra wrote on entry (.hydra/, the log)
-    and the job's write lock."""
+    """Remove a run dir that this command created (gradbench.run.sweep.CREATED) and that holds
+    nothing but what Hydra wrote on entry (.hydra/, the log) and the job's write lock; then the
+    folders above it that this command created, if empty. A dir that was there before, and
+    every parent, is left alone."""
     from gradbench.run.rundir import LOCK
+    from gradbench.run.sweep import CREATED
 
-    if run_dir.is_dir() and all(p.name in (".hydra", LOCK) or p.suffix == ".log" for p in run_dir.iterdir()):
+    made = CREATED.get(str(run_dir.absolute()))
+    if made is None or run_dir.is_symlink() or not run_dir.is_dir():
+        return
+    if all(p.name in (".hydra", LOCK) or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            run_dir.parent.rmdir()  # the date folder, if this was its only run
+        for folder in made:  # the date folder, if this command made it and this was its only run
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 def resume_arguments(rest: list[str]) -> list[str]:
@@ -172,22 +180,18 @@ def resume_arguments(rest: list[str]) -> list[str]:
     value = override_value(given[-1])
     if not isinstance(value, str) or value.lower() in ("", "true", "false", "null"):
         return rest
-    import yaml
-
-    from gradbench.run import targets
-    from gradbench.errors import ConfigError, hydra_quote
+    from gradbench.run import files, targets
+    from gradbench.errors import hydra_quote
 
     path = Path(value).expanduser()
     saved = path / ".hydra" / "overrides.yaml"
-    if not saved.is_file():
+    if not files.exists(saved):
         fail(f"resume must be true or a run dir (with .hydra/overrides.yaml), got {value!r}")
-    try:
-        lines = yaml.safe_load(saved.read_text()) or []
-        if not isinstance(lines, list) or not all(isinstance(a, str) for a in lines):
-            raise ValueError("not a list of overrides")
+    try:  # plain strings (no `${`), then checked as overrides: no Hydra setting, allowed options only
+        lines = files.read_overrides(saved)
         targets.check_overrides(lines, str(saved), given_config_dir(rest))
-    except (OSError, ValueError, yaml.YAMLError) as e:  # UnsafeConfig is a ValueError too
-        fail(str(e) if isinstance(e, ConfigError) else f"{saved} is unreadable ({str(e).splitlines()[0]})")
+    except ValueError as e:  # BadRunFile, UnsafeConfig: one line naming the file
+        fail(str(e))
     key = lambda arg: arg.partition("=")[0].lstrip("+~")  # noqa: E731
     mine = {key(a) for a in rest}
     original = [a for a in lines if key(a) not in mine]
@@ -304,9 +308,10 @@ def run(argv: list[str]) -> None:
     if not PRINT_ONLY & set(rest):
         with exit_on_interrupt():
             import torch  # noqa: F401  (the seconds-long import every command needs, before any dir exists)
-    from gradbench.run.sweep import RESULT, guard_sweep
+    from gradbench.run.sweep import CREATED, RESULT, guard_sweep
 
     RESULT.clear()
+    CREATED.clear()
     sweep = guard_sweep() if {"-m", "--multirun"} & set(rest) else contextlib.nullcontext()
     with sweep, one_line_errors(command, rest):
         _hydra_command(HYDRA_COMMANDS[command], command)()

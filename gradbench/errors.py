@@ -26,6 +26,12 @@ class UnsafeConfig(OccupiedRunDir):
     called and nothing written."""
 
 
+class BadRunFile(OccupiedRunDir):
+    """A run-dir file that is no file gradbench writes (a symlink, a FIFO, too large, nested too
+    deep, an alias or a tag in its YAML, another shape): refused in one line naming it
+    (gradbench.run.files)."""
+
+
 class Interrupted(Exception):
     """A run stopped by SIGINT / SIGTERM after writing every output: exit status 128 + signum."""
 

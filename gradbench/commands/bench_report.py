@@ -24,6 +24,7 @@ import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullLocator
 
 from gradbench.present import names
+from gradbench.run import files
 from gradbench.commands.bench import COLUMNS, format_table
 from gradbench.present.figstyle import Look, add_arguments, look_of
 
@@ -38,7 +39,10 @@ def load(root: Path) -> pd.DataFrame:
     """Every bench.csv under `root`, with a `run` column (its folder relative to root)."""
     frames = []
     for path in sorted(root.rglob("bench.csv")):
-        frame = pd.read_csv(path)
+        try:
+            frame = files.read_csv(path)
+        except ValueError as e:  # BadRunFile: a symlink, a FIFO, too large, not a CSV
+            raise SystemExit(f"gradbench bench-report: error: {e}") from None
         frame.insert(0, "run", str(path.parent.relative_to(root)) or ".")
         frames.append(frame)
     if not frames:
@@ -127,7 +131,7 @@ def main(argv: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     frame = load(args.dir)
     text = markdown(frame)
-    (out / "bench.md").write_text(text)
+    files.write_text(out / "bench.md", text)
     print(text)
     if args.x:
         if frame[args.x].nunique() < 2:
@@ -136,7 +140,7 @@ def main(argv: list[str]) -> int:
             print(f"→ {path}")
     if args.threads:
         text = threads_markdown(threads_table(frame))
-        (out / "threads.md").write_text(text)
+        files.write_text(out / "threads.md", text)
         print(text + f"→ {out / 'threads.md'}")
     print(f"→ {out / 'bench.md'}")
     return 0

@@ -1,7 +1,7 @@
 """`gradbench eval RUN_DIR [split=test] [predictions=true] [device=cpu]`: a trained model, again.
 
 Rebuilds the data split and the model from the run's own resolved config (summary.json, else
-.hydra/config.yaml), loads model.pt and evaluates it on one split: loss, accuracy, errors and
+model.pt's), validated as a command line's, loads model.pt and evaluates it on one split: loss, accuracy, errors and
 the confusion matrix, computed as training computed them (the same seed's split, dtype and
 device), so the run's final test metrics come out exactly. `predictions=true` also writes
 RUN_DIR/predictions_<split>.csv: index in the split, label, prediction, one logit per class.
@@ -9,61 +9,70 @@ RUN_DIR/predictions_<split>.csv: index in the split, label, prediction, one logi
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from gradbench.run import targets
+from gradbench.run import files, targets
 from gradbench.columns import SPLITS
-from gradbench.errors import ConfigError
+from gradbench.errors import ConfigError, choose
 from gradbench.run.job import DTYPES, build, resolve_device, stream
+from gradbench.run.validate import validate as check_config
 from gradbench.run.train import evaluate, predict
 
 USAGE = "usage: gradbench eval RUN_DIR [split=test|val|train] [predictions=true|false] [device=...]"
 
 
 def run_config(run_dir: Path, config_dir: str | None = None) -> dict:
-    """The resolved config the run trained with, refused in one line naming the file if it is
-    unreadable or names code to call (a run dir is data: gradbench.run.targets)."""
-    summary = run_dir / "summary.json"
-    if summary.is_file():
-        try:
-            stored = json.loads(summary.read_text())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{summary} is unreadable ({str(e).splitlines()[0]})") from None
-        if not isinstance(stored, dict) or not isinstance(stored.get("config", {}), dict):
-            raise ConfigError(f"{summary} is not a gradbench summary (a JSON object with a config)")
-        if stored.get("config"):
-            targets.check(stored["config"], str(summary), config_dir, prefix="config.")
-            return stored["config"]
-    saved = run_dir / ".hydra" / "config.yaml"
-    if saved.is_file():
-        try:
-            config = OmegaConf.to_container(OmegaConf.load(saved), resolve=False)
-        except Exception as e:  # YAML or OmegaConf's own errors
-            raise ConfigError(f"{saved} is unreadable ({str(e).splitlines()[0]})") from None
-        targets.check(config, str(saved), config_dir)  # before resolving: no resolver runs unchecked
-        try:
-            return OmegaConf.to_container(OmegaConf.create(config), resolve=True)
-        except Exception as e:
-            raise ConfigError(f"{saved} does not resolve ({str(e).splitlines()[0]})") from None
-    raise ConfigError(f"RUN_DIR must be a gradbench run dir (summary.json or .hydra/config.yaml), got {str(run_dir)!r}")
+    """The resolved config the run trained with (summary.json's, else model.pt's), read as plain
+    data (gradbench.run.files: no string holding `${`, so nothing in it is ever resolved),
+    refused in one line naming the file if it is unreadable or names code to call
+    (gradbench.run.targets)."""
+    summary, weights = run_dir / "summary.json", run_dir / "model.pt"
+    if files.exists(summary):
+        config = files.read_summary(summary).get("config")
+        if config:
+            targets.check(config, str(summary), config_dir, prefix="config.")
+            return config
+    if files.exists(weights):
+        config = load_model(weights, config_dir).get("config")
+        if isinstance(config, dict) and config:
+            return config
+    raise ConfigError(f"RUN_DIR must be a gradbench run dir (a summary.json or model.pt with its config), "
+                      f"got {str(run_dir)!r}")
 
 
-def load_weights(path: Path, config_dir: str | None) -> dict:
-    """model.pt's state_dict: tensors and plain data only (weights_only), its metadata checked
-    like any config read back, one line naming the file if it is no such file."""
-    try:
-        saved = torch.load(path, weights_only=True)
-    except Exception as e:  # truncated, not a zip, a pickle of other objects: torch's many errors
-        raise ConfigError(f"{path} is unreadable ({(str(e).strip().splitlines() or [type(e).__name__])[0][:200]})") from None
+def load_model(path: Path, config_dir: str | None) -> dict:
+    """model.pt: tensors and plain data only (weights_only, gradbench.run.files), its metadata
+    checked like any config read back, one line naming the file if it is no such file."""
+    saved = files.load_torch(path)
     if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
         raise ConfigError(f"{path} is not a gradbench model.pt (a dict with a state_dict)")
-    targets.check({k: v for k, v in saved.items() if k != "state_dict"}, str(path), config_dir)
-    return saved["state_dict"]
+    meta = {k: v for k, v in saved.items() if k != "state_dict"}
+    files.check_data(meta, path)
+    targets.check(meta, str(path), config_dir)
+    return saved
+
+
+def checked(config: dict, run_dir: Path):
+    """The stored config as a DictConfig (it holds no `${`: nothing to resolve), checked against
+    the run keys' rules (gradbench.run.validate.RULES; the types against conf/ need Hydra's
+    composition of the run's choices, which eval does not do): a value `train` refuses is refused."""
+    for key in ("dataset", "model", "seed", "dtype", "device", "eval_chunk"):
+        if key not in config:
+            raise ConfigError(f"{run_dir / 'summary.json'}: config has no {key!r}: not a gradbench run's config")
+    cfg = OmegaConf.create(config, flags={"allow_objects": False})
+    try:
+        choose("dtype", cfg.dtype, DTYPES)
+        check_config(cfg, reference=OmegaConf.create({}))
+    except ConfigError as e:
+        raise ConfigError(f"{run_dir}'s stored config: {e}") from None
+    except Exception as e:  # a stored config of another shape than a composed one
+        raise ConfigError(f"{run_dir}'s stored config is not a gradbench config ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    return cfg
 
 
 def parse(argv: list[str]) -> tuple[Path, dict]:
@@ -100,11 +109,11 @@ def main(argv: list[str]) -> int:
 
 def evaluate_run(run_dir: Path, split: str, predictions: bool, device: str | None,
                  config_dir: str | None = None) -> int:
-    config = OmegaConf.create(run_config(run_dir, config_dir))
+    config = checked(run_config(run_dir, config_dir), run_dir)
     weights = run_dir / "model.pt"
-    if not weights.is_file():
+    if not files.exists(weights):
         raise ConfigError(f"RUN_DIR has no model.pt (was it trained with save_model=false?): {run_dir}")
-    state_dict = load_weights(weights, config_dir)
+    state_dict = load_model(weights, config_dir)["state_dict"]
     device = resolve_device(device or config.device)
     dtype = DTYPES[config.dtype]
     # build: missing data files are the dataset's one-line error (exit 2), as in `train`
@@ -137,6 +146,6 @@ def evaluate_run(run_dir: Path, split: str, predictions: bool, device: str | Non
             for i, (label, out) in enumerate(zip(chosen.y.tolist(), outputs.tolist())):
                 lines.append(",".join(map(str, [i, label, max(range(len(out)), key=out.__getitem__),
                                                 *map(repr, out)])))
-            path.write_text("\n".join(lines) + "\n")
+            files.write_text(path, "\n".join(lines) + "\n")  # a symlink there is replaced, not followed
             print(f"→ {path}")
     return 0

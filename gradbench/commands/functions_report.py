@@ -28,7 +28,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.ticker import NullLocator
 
 from gradbench.present import names
-from gradbench.run import targets
+from gradbench.run import files, targets
 from gradbench.errors import ConfigError
 from gradbench.present.figstyle import PALETTE, Look, add_arguments, look_of
 from gradbench.present.report_runs import Run, find_runs, mean_ci
@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
                       f"{r['theory']:.1f} | {r['steps'] / r['theory']:.2f} |" for r in rows]
             lines += ["", f"Least-squares slope of log steps on log n: {slope:.3f} (theory over this range: "
                       f"{float(np.polyfit(np.log([r['n'] for r in rows]), np.log([r['theory'] for r in rows]), 1)[0]):.3f})."]
-            (out / "sphere_dims.md").write_text("\n".join(lines) + "\n")
+            files.write_text(out / "sphere_dims.md", "\n".join(lines) + "\n")
             print("\n".join(lines))
             drawn += [*figures, out / "sphere_dims.md"]
         elif "train_x1" in group[0].metrics:

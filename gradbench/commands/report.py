@@ -16,20 +16,21 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-from omegaconf import OmegaConf
 
 from gradbench.present import names
+from gradbench.run import files
 from gradbench.columns import better
 from gradbench.present.figstyle import add_arguments, look_of
 from gradbench.present.report_cells import CI_NOTE, TIE_RULE, best_row, cell, fmt, interval, maximise, ties
 from gradbench.present.report_runs import Run, aggregate, assign_groups, find_runs, group_of, metric_columns, resolved, \
-    runs_frame
+    runs_frame, select
+
 
 def varying(groups: list[dict[str, str]]) -> list[str]:
     """The override keys whose value differs between groups (a missing key counts as a value)."""
@@ -89,15 +90,14 @@ def _same(ours, theirs) -> bool:
 def load_reference(path: Path | None, runs: list[Run]) -> dict:
     """{source, rows} from --reference FILE.yaml, else merged from the runs' `reference` config key."""
     if path is not None:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = files.read_yaml(Path(path)) or {}
         data = data.get("reference", data)
         return {"source": data.get("source", str(path)), "rows": list(data.get("rows") or [])}
     sources, rows = [], []
     for run in runs:
-        node = OmegaConf.select(run.config, "reference", default=None)
-        if node is None:
+        data = select(resolved(run), "reference")
+        if not isinstance(data, dict):
             continue
-        data = OmegaConf.to_container(node, resolve=False)
         if data.get("source") not in sources:
             sources.append(data.get("source"))
         rows += [r for r in data.get("rows") or [] if r not in rows]
@@ -273,10 +273,10 @@ def write_table(table: pd.DataFrame, keys: list[str], stem: Path, source: str | 
     ends = {f"{m}{end}": [interval(row, m)[k] for _, row in table.iterrows()]
             for m in [c for c in table.columns if f"{c}_ci" in table] for k, end in enumerate(("_lo", "_hi"))}
     out = table.assign(**ends)
-    out[[c for c in csv_columns(out, keys) if c in out]].to_csv(stem.with_suffix(".csv"), index=False)
+    files.write_text(stem.with_suffix(".csv"), out[[c for c in csv_columns(out, keys) if c in out]].to_csv(index=False))
     text = markdown(table, keys) + f"\n{CI_NOTE}" + (f"; `report` columns: {source}" if source else "") + ".\n"
     text += extra + "\n" if extra else ""
-    stem.with_suffix(".md").write_text(text)
+    files.write_text(stem.with_suffix(".md"), text)
     return text
 
 
@@ -291,17 +291,21 @@ def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Pat
         n = sum(1 for r in runs if r.ok and r.summary.get("test_confusion"))
         plot_confusion(matrix, f"{name}\ntest set, mean over {n} seed(s)", out / "confusion",
                        class_names(runs, len(matrix)), look_of(args))
-    (out / "best.md").write_text(text)
-    (out / "best.overrides").write_text("".join(f"{o}\n" for o in rerun_overrides(runs[0])))
+    files.write_text(out / "best.md", text)
+    files.write_text(out / "best.overrides", "".join(f"{shlex.quote(o)}\n" for o in rerun_overrides(runs[0])))
     return text
 
 
 def rerun_overrides(run: Run) -> list[str]:
-    """The best group's overrides, one per line, without its seed and the keys that do not change
-    a result: `xargs -d '\\n' -a best.overrides gradbench train -m seed=1,2,3` trains the group
-    again on other seeds (make fg-family: a rate chosen on seed 0, reported on fresh seeds)."""
+    """The best group's overrides, without its seed and the keys that do not change a result,
+    checked like stored overrides (gradbench.run.targets.check_overrides: no Hydra setting, no
+    `_target_`, options of the config tree only; a run dir is data). best.overrides holds them
+    shell-quoted, one per line: `xargs -a best.overrides gradbench train -m seed=1,2,3` (xargs
+    removes the quotes) trains the group again on other seeds (make fg-family)."""
+    from gradbench.run import targets
     from gradbench.run.checkpoint import NEUTRAL
 
+    targets.check_overrides(run.lines, str(run.path / ".hydra" / "overrides.yaml"))
     keep = []
     for line in run.lines:
         key = line.partition("=")[0].lstrip("+~")

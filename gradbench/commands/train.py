@@ -22,9 +22,10 @@ from gradbench.estimators.probes import GradientProbe
 from gradbench.models import count_parameters
 from gradbench.run import checkpoint, rundir, targets, threads
 from gradbench.run.event_log import open_log
-from gradbench.run.job import Setup, build, finished_run, set_deterministic, setup, step_flops, stored_config, \
+from gradbench.run.job import Setup, build, check_run_files, finished_run, set_deterministic, setup, step_flops, stored_config, \
     stream, validate
-from gradbench.run.metrics import MetricsWriter, atomic_write, remove_stale, write_json
+from gradbench.run.files import atomic_write
+from gradbench.run.metrics import MetricsWriter, remove_stale, write_json
 from gradbench.run.sweep import record
 from gradbench.run.train import Result, Signals, Step, StopRule, predict, train
 
@@ -53,6 +54,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     started = time.perf_counter()
     validate(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
+    check_run_files(run_dir)  # every file read later, refused now if broken: before any write
     resume = _checkpoint_to_resume(cfg, run_dir, config)  # also refuses a dir of another config's run
     if (done := _left_as_it_is(cfg, run_dir, resume)) is not None:
         return done

@@ -23,6 +23,8 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, NullLocator  # noqa: E402
 
+from gradbench.run.files import atomic_write  # noqa: E402
+
 # Okabe & Ito (2008), "Color Universal Design": blue, vermillion, bluish green, reddish purple,
 # orange, sky blue, yellow, black; yellow and black last (yellow is faint on white, black reads
 # as an axis).
@@ -78,7 +80,9 @@ class Look:
         written = []
         for fmt in self.formats:
             path = Path(f"{stem}.{fmt}")
-            fig.savefig(path, dpi=300 if self.paper else 110, bbox_inches="tight", pad_inches=0.02 if self.paper else 0.1)
+            # a temporary file renamed over the name: a symlink planted there is replaced, never written through
+            atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=300 if self.paper else 110, bbox_inches="tight",
+                                                     pad_inches=0.02 if self.paper else 0.1), binary=True)
             written.append(path)
         plt.close(fig)
         return written

@@ -14,20 +14,19 @@ short of the blow-up, a ✕ and "diverged at step N" where it happened.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import yaml
 
 from gradbench.present import names
 from gradbench.run.checkpoint import NEUTRAL
 from gradbench.columns import SPLITS, describe, split_of, with_rates
 from gradbench.present.figstyle import SPLIT_COLOURS, Look, add_arguments, integer_steps, legend, look_of, mark_diverged, \
     plain_log_ticks, wrap
+from gradbench.run import files
 from gradbench.run.metrics import read_metrics, with_initial
 from gradbench.present.report_runs import hydra_choices
 from gradbench.run.validate import GROUPS
@@ -40,9 +39,11 @@ def run_title(run_dir: Path, summary: dict | None = None) -> list[str]:
     """What ran, as display names (gradbench.present.names): data, model, estimator, optimizer, the other
     overrides (no seed, no result-neutral keys), the seed; from the run's .hydra/ files."""
     hydra_dir = Path(run_dir) / ".hydra"
-    read = lambda name: yaml.safe_load((hydra_dir / name).read_text()) if (hydra_dir / name).is_file() else None  # noqa: E731
-    choices, config = hydra_choices(run_dir), read("config.yaml") or {}
-    overrides = [str(o).lstrip("+~") for o in read("overrides.yaml") or []]
+    config = files.read_yaml(hydra_dir / "config.yaml", opaque=True) if files.exists(hydra_dir / "config.yaml") else {}
+    config = config if isinstance(config, dict) else {}
+    choices = hydra_choices(run_dir)
+    overrides = [o.lstrip("+~") for o in files.read_overrides(hydra_dir / "overrides.yaml")] \
+        if files.exists(hydra_dir / "overrides.yaml") else []
     key = lambda o: o.partition("=")[0]  # noqa: E731
     rest = {key(o): o.partition("=")[2] for o in overrides
             if key(o) not in (*GROUPS, "seed", *names.MODEL_KEYS) and key(o).split(".")[0] not in NEUTRAL
@@ -108,7 +109,7 @@ def plot_run(run_dir: Path, initial: dict | None = None, look: Look = Look()) ->
 def draw_run(run_dir: Path, initial: dict | None = None, look: Look = Look()) -> dict[str, plt.Figure]:
     """The run's figures, by name (plot_run saves them)."""
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else None
+    summary = files.read_summary(run_dir / "summary.json") if files.exists(run_dir / "summary.json") else None
     if initial is None and summary:
         initial = summary.get("initial")
     raw = with_initial(read_metrics(run_dir / "metrics.csv"), initial)

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
-from omegaconf import DictConfig, OmegaConf
 
+from gradbench.run import files
 from gradbench.run.checkpoint import NEUTRAL, flatten
 from gradbench.columns import SPLITS
 from gradbench.run.metrics import read_metrics, with_initial
@@ -72,9 +71,11 @@ class Run:
         return self.summary.get("stop_reason") not in BAD
 
     @cached_property
-    def config(self) -> DictConfig:
+    def config(self) -> dict:
+        """.hydra/config.yaml as plain data (its interpolations kept as text, never resolved)."""
         path = self.path / ".hydra" / "config.yaml"
-        return OmegaConf.load(path) if path.exists() else OmegaConf.create({})
+        config = files.read_yaml(path, opaque=True) if files.exists(path) else {}
+        return config if isinstance(config, dict) else {}
 
     @cached_property
     def choices(self) -> dict:
@@ -87,10 +88,7 @@ class Run:
             return self.overrides[key]
         if key in self.choices:
             return self.choices[key]
-        try:
-            return OmegaConf.select(self.config, key, default=None, throw_on_resolution_failure=False)
-        except Exception:  # an interpolation that needs Hydra's runtime: not comparable here
-            return None
+        return select(resolved(self), key)
 
 
     def curve(self) -> pd.DataFrame:
@@ -98,11 +96,24 @@ class Run:
         return with_initial(self.metrics, self.summary.get("initial"))
 
 
+def select(config: dict, key: str):
+    """A dotted key's value in plain data (None where absent)."""
+    node = config
+    for part in key.split("."):
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return None
+    return node
+
+
 def hydra_choices(run_dir: Path) -> dict:
     """Group → option, as Hydra saved them in the run's .hydra/hydra.yaml ({} without it)."""
     path = Path(run_dir) / ".hydra" / "hydra.yaml"
-    hydra = yaml.safe_load(path.read_text()) if path.exists() else {}
-    return (((hydra or {}).get("hydra") or {}).get("runtime") or {}).get("choices") or {}
+    choices = select(files.read_yaml(path, opaque=True) or {}, "hydra.runtime.choices") if files.exists(path) else {}
+    return choices if isinstance(choices, dict) else {}
 
 
 def _natural(path: Path) -> list:
@@ -118,51 +129,31 @@ def find_runs(root: Path) -> tuple[list[Run], list[Path], dict[Path, str]]:
                   key=_natural)
     runs, skipped, broken = [], [], {}
     for path in dirs:
-        if not (path / "summary.json").exists():
+        if not files.exists(path / "summary.json"):
             skipped.append(path)
             continue
         try:
             runs.append(load_run(path))
-        except (OSError, ValueError, yaml.YAMLError, pd.errors.ParserError) as e:
-            broken[path] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        except ValueError as e:  # BadRunFile, UnsafeConfig: one line naming the file
+            broken[path] = str(e).splitlines()[0] if str(e) else type(e).__name__
     return runs, skipped, broken
 
 
 def load_run(path: Path) -> Run:
-    lines = yaml.safe_load((path / ".hydra" / "overrides.yaml").read_text()) or []
+    """One run dir's files, read through gradbench.run.files (regular files, capped, plain data)."""
+    lines = files.read_overrides(path / ".hydra" / "overrides.yaml")
     overrides = {}
-    for line in map(str, lines):
+    for line in lines:
         key, _, value = line.partition("=")
         overrides[key.lstrip("+~")] = value
-    summary = json.loads((path / "summary.json").read_text())
-    check_summary(summary)
+    summary = files.read_summary(path / "summary.json")
     metrics = read_metrics(path / "metrics.csv")
     text = [c for c in metrics.columns if not pd.api.types.is_numeric_dtype(metrics[c])]
     if text:  # every column is a number (or empty); text is a damaged file, not a result
-        raise ValueError(f"metrics.csv: column {text[0]} holds text")
-    return Run(path, overrides, summary, metrics, lines=list(map(str, lines)))
-
-
-# summary.json keys the report reads, with the JSON type each must have (null aside)
-SHAPE = {"stop_reason": str, "steps": (int, float), "epochs": (int, float), "train_time_s": (int, float),
-         "mean_step_time_s": (int, float), "choices": dict, "config": dict, "initial": dict, "final": dict,
-         "class_names": list, "test_confusion": list, "overrides": list, "seed": (int, str)}
-
-
-def check_summary(summary) -> None:
-    """Raise ValueError naming the first key of a summary.json that is valid JSON of another
-    shape than the one gradbench writes (`[]`, `"x"`, `final` a string, a metric a list)."""
-    if not isinstance(summary, dict):
-        raise ValueError(f"summary.json is a JSON {type(summary).__name__}, not an object")
-    for key, kind in SHAPE.items():
-        value = summary.get(key)
-        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
-            raise ValueError(f"summary.json: {key} is a JSON {type(value).__name__}")
-    for key in ("initial", "final"):
-        for split, metrics in (summary.get(key) or {}).items():
-            if not isinstance(metrics, dict) or not all(
-                    v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
-                raise ValueError(f"summary.json: {key}.{split} is not metric → number")
+        raise ValueError(f"{path / 'metrics.csv'}: column {text[0]} holds text")
+    run = Run(path, overrides, summary, metrics, lines=lines)
+    run.config  # read now: a broken .hydra/config.yaml lists the run as broken, not a traceback later
+    return run
 
 
 def group_of(run: Run, ignore: tuple[str, ...] = ()) -> dict[str, str]:
@@ -179,12 +170,7 @@ def label(group: dict[str, str]) -> str:
 
 def resolved(run: Run) -> dict:
     """The config the run trained with: summary.json's resolved one, else .hydra/config.yaml."""
-    if run.summary.get("config"):
-        return run.summary["config"]
-    try:
-        return OmegaConf.to_container(run.config, resolve=True)
-    except Exception:  # an interpolation that needs Hydra's runtime
-        return OmegaConf.to_container(run.config, resolve=False)
+    return run.summary.get("config") or run.config  # the latter's interpolations: unresolved text
 
 
 def identity(run: Run, ignore: tuple[str, ...] = ()) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from gradbench.run.metrics import atomic_write
+from gradbench.run import files
+from gradbench.run.files import atomic_write
 
 FILE = "checkpoint.pt"
 # Keys that change no number a run produces: a finished run with other values of these is the
@@ -42,13 +43,12 @@ def load(run_dir: Path, config_dir: str | None = None) -> dict | None:
     from gradbench.errors import OccupiedRunDir
 
     path = Path(run_dir) / FILE
-    if not path.is_file():
+    if not files.exists(path):
         return None
     try:
-        state = torch.load(path, weights_only=True)
-    except Exception as e:  # truncated, not a zip, a pickle of other objects: torch's many errors
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise OccupiedRunDir(f"{path} is unreadable ({why}): the run cannot continue from it") from None
+        state = files.load_torch(path)
+    except OccupiedRunDir as e:
+        raise OccupiedRunDir(f"{e}: the run cannot continue from it") from None
     missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else list(KEYS)
     if missing or not isinstance(state["config"], dict) or not isinstance(state["step"], int):
         raise OccupiedRunDir(f"{path} is not a gradbench checkpoint (missing or wrong: {', '.join(missing) or 'config, step'})")

@@ -8,7 +8,6 @@ command's own flow (train, then write the run dir) is gradbench.commands.train.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from omegaconf import DictConfig
 from gradbench.data import Data
 from gradbench.errors import ConfigError, choose, require
 from gradbench.models import Model, Objective, Params
-from gradbench.run import checkpoint, targets, threads
+from gradbench.run import checkpoint, files, targets, threads
 from gradbench.run.validate import validate as check_config
 
 log = logging.getLogger(__name__)
@@ -131,19 +130,19 @@ def stored_config(run_dir: Path) -> dict | None:
 
 
 def read_summary(run_dir: Path) -> dict | None:
-    """summary.json of `run_dir`; None if absent or unreadable (a broken file is logged)."""
+    """summary.json of `run_dir`, None if absent; a broken one is refused (BadRunFile, one line):
+    the verdict on a run dir covers every file the command reads later."""
     path = run_dir / "summary.json"
-    if not path.is_file():
-        return None
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        log.warning("unreadable %s (%s): treated as no summary", path, e)
-        return None
-    if not isinstance(summary, dict):
-        log.warning("%s is no summary (a JSON %s): treated as no summary", path, type(summary).__name__)
-        return None
-    return summary
+    return files.read_summary(path) if files.exists(path) else None
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Read every file of `run_dir` a train job reads later (summary.json, .hydra/'s files, for
+    the figures' titles), so a broken or hostile one refuses the job before it writes anything."""
+    read_summary(run_dir)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        if files.exists(path := run_dir / ".hydra" / name):
+            files.read_yaml(path, opaque=name != "overrides.yaml")
 
 
 def finished_run(run_dir: Path) -> dict | None:

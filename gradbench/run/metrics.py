@@ -4,17 +4,18 @@ atomic writes (a kill mid-write leaves the old file or the new one, never half o
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pandas is imported by the readers only: a training run never needs it
     import pandas as pd
 
 from gradbench.errors import WriteFailed
+from gradbench.run import files
+from gradbench.run.files import atomic_write  # noqa: F401  (re-exported: one writer)
 
 
 class MetricsWriter:
@@ -35,17 +36,17 @@ class MetricsWriter:
             raise WriteFailed(path, e) from None
 
     def _open(self, resume_after: int | None) -> None:
+        """The header (and, on resume, the rows kept) written atomically: a symlink planted at
+        metrics.csv is replaced, never written through; then appended to, one LF per row."""
         path, columns = self.path, self.columns
+        kept = []
         if resume_after is not None:
-            kept = [line for line in whole_lines(path)[1:] if int(line.split(",", 1)[0]) <= resume_after]
-            atomic_write(path, lambda f: f.write("".join([",".join(columns) + "\n", *kept])))
-            self._file = open(path, "a", newline="")
-            self._writer = csv.DictWriter(self._file, fieldnames=columns, restval="")
-            return
-        self._file = open(path, "w", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=columns, restval="")
-        self._writer.writeheader()
-        self._file.flush()
+            lines = bytes(files.whole_lines(files.read_bytes(path))).decode().splitlines(keepends=True)[1:]
+            kept = [line for line in lines if int(line.split(",", 1)[0]) <= resume_after]
+        files.atomic_write(path, lambda f: f.write("".join([",".join(columns) + "\n", *kept])))
+        self._file = files.open_append(path)
+        # one line-ending convention (LF), as the header: a resumed file equals an uninterrupted one
+        self._writer = csv.DictWriter(self._file, fieldnames=columns, restval="", lineterminator="\n")
 
     def write(self, row: dict) -> None:
         """Append one row; a full disk raises WriteFailed (the rows before stay, this one may be
@@ -74,18 +75,12 @@ def _cell(value):
     return repr(value) if isinstance(value, float) else value  # repr: shortest exact float
 
 
-def whole_lines(path: Path) -> list[str]:
-    """The file's lines that end in a newline: a line cut short by a kill is left out."""
-    text = Path(path).read_text()
-    return text.splitlines(keepends=True)[: text.count("\n")]
-
-
 def read_metrics(path: Path) -> pd.DataFrame:
-    """metrics.csv as a frame, without a last row cut mid-line (a run killed while writing)."""
+    """metrics.csv as a frame, without a last row cut mid-line (a run killed while writing);
+    empty if there is none (read through gradbench.run.files)."""
     import pandas as pd
 
-    lines = whole_lines(path) if Path(path).exists() else []
-    return pd.read_csv(io.StringIO("".join(lines))) if lines else pd.DataFrame()
+    return files.read_csv(path) if files.exists(path) else pd.DataFrame()
 
 
 def with_initial(frame: pd.DataFrame, initial: dict | None) -> pd.DataFrame:
@@ -97,32 +92,6 @@ def with_initial(frame: pd.DataFrame, initial: dict | None) -> pd.DataFrame:
     if not row:
         return frame
     return pd.concat([pd.DataFrame([{"step": 0, "train_time_s": 0.0, **row}]), frame], ignore_index=True)
-
-
-def atomic_write(path: Path, write: Callable, binary: bool = False) -> None:
-    """`write(file)` into a temporary file beside `path`, then rename it over `path`. A write
-    that fails (a full disk) removes the temporary file, leaves `path` as it was and raises
-    WriteFailed; a kill mid-write leaves the temporary file (remove_stale)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, Exception) and (cause := os_error(e)):
-            raise WriteFailed(path, cause) from None
-        raise
-
-
-def os_error(error: BaseException) -> OSError | None:
-    """The OSError behind `error`: itself, or the one torch.save turns into a RuntimeError."""
-    while error is not None and not isinstance(error, OSError):
-        error = error.__cause__ or error.__context__
-    return error
 
 
 def remove_stale(folder: Path) -> list[Path]:

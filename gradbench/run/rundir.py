@@ -19,15 +19,20 @@ import os
 from pathlib import Path
 
 from gradbench.errors import OccupiedRunDir
+from gradbench.run import files
 
 LOCK = ".gradbench.lock"  # holds the writer's PID while locked, empty otherwise
 
 
 @contextlib.contextmanager
 def lock(run_dir: Path):
-    """Hold the run dir's write lock for the block, or refuse naming the process that holds it."""
+    """Hold the run dir's write lock for the block, or refuse naming the process that holds it.
+    The lock file is opened with O_NOFOLLOW and must be this dir's own plain file
+    (gradbench.run.files.open_lock); one this command created is removed again if the command
+    fails or refuses (a refused command leaves the dir as it found it)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd, created = files.open_lock(run_dir / LOCK)
+    done = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -40,10 +45,14 @@ def lock(run_dir: Path):
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
             yield
+            done = True
         finally:
             # empty again, with its times: a command that refused leaves every file as it was
             os.ftruncate(fd, 0)
             os.utime(fd, ns=(found.st_atime_ns, found.st_mtime_ns))
+            if created and not done:
+                with contextlib.suppress(OSError):
+                    os.unlink(run_dir / LOCK)  # made by this command, which wrote nothing
     finally:
         os.close(fd)  # closing releases the lock
 
@@ -109,9 +118,9 @@ def check_metrics(path: Path, columns: list[str], step: int) -> bytes:
     """metrics.csv's bytes, after making sure a resume at `step` can continue it: the same
     header, then whole numeric rows for steps 1..step (rows after them are dropped on resume)."""
     try:
-        text = path.read_bytes()
+        text = files.read_bytes(path)
         lines = text.decode().splitlines(keepends=True)[: text.count(b"\n")]
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
         raise OccupiedRunDir(f"{path} is unreadable ({e}): the run cannot continue") from None
     if not lines or lines[0].rstrip("\r\n") != ",".join(columns):
         raise OccupiedRunDir(f"{path}: its header is not this run's columns: the run cannot continue")
@@ -140,7 +149,7 @@ def roll_back(run_dir: Path, step: int, metrics: bytes) -> bool:
     back as it was (True), so the run dir is the one the command found; else False (the run
     moved on, and its outputs say it failed)."""
     from gradbench.run import checkpoint
-    from gradbench.run.metrics import atomic_write
+    from gradbench.run.files import atomic_write
 
     try:
         moved_on = (checkpoint.load(run_dir) or {}).get("step", step) != step

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 log = logging.getLogger(__name__)
 OUTCOMES = ("finished", "diverged", "failed", "interrupted", "skipped")
 BARS: dict = {}  # sweep dir → its progress bar (gradbench.run.progress.SweepBar), in the sweep's process
+CREATED: dict = {}  # run or sweep dir → the folders above it this command created (OutputDir), innermost first
 RESULT: dict = {}  # the last sweep's tally in this process, for the CLI's exit status
 
 
@@ -209,8 +210,14 @@ def _check_launcher(config: DictConfig) -> None:
 
 
 def _make(path: str) -> None:
+    """Create `path` (and its missing parents), remembering in CREATED whether this command
+    made it: a command that refuses removes only what it made (gradbench.cli.discard_if_empty)."""
+    target = Path(path).absolute()
+    missing = [p for p in (target, *target.parents) if not os.path.lexists(p)]
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
+        if missing and missing[0] == target:
+            CREATED[str(target)] = missing[1:]
     except OSError as e:
         print(f"gradbench: error: hydra.run.dir / hydra.sweep.dir cannot be created ({e.strerror}): {path}",
               file=sys.stderr)

@@ -1,0 +1,351 @@
+"""Run-dir files: the one place every file of a run dir or sweep dir is read and written.
+
+A run dir may come from anyone (a downloaded sweep, a shared folder), so its files are input
+to parse, never objects to trust. This module reads them as a small grammar and refuses the
+rest, in one line naming the file (and the key), by construction rather than by spotting bad
+spellings:
+
+- **Reading**: the file is opened with O_NOFOLLOW | O_NONBLOCK and must be a regular file
+  (fstat): a symlink, a FIFO or a device is refused, and so is a symlinked folder above it in
+  the run dir (`.hydra` → elsewhere). At most the kind's size cap (CAPS) is read. JSON and YAML
+  come back as plain dicts, lists and scalars no deeper than MAX_DEPTH; YAML through a loader
+  that refuses anchors, aliases and tags (no alias bomb, no constructor). A string holding `${`
+  is refused (UnsafeConfig) in every file whose values a command could hand to OmegaConf or
+  Hydra: so nothing read back is ever interpolated or resolved, whatever name a resolver is
+  given, however it is built. Hydra's own `.hydra/config.yaml` and `hydra.yaml` legitimately
+  hold interpolations: they are read `opaque` (strings kept as text) and used as plain data only,
+  never turned into an OmegaConf node. Checkpoints load with torch's weights_only unpickler
+  from the opened regular file.
+- **Writing**: every output goes to a fresh temporary file in its folder (O_EXCL | O_NOFOLLOW)
+  renamed over its final name, so a symlink planted at that name is replaced, never written
+  through; the lock is opened with O_NOFOLLOW and never truncated unless it is this dir's own
+  (one link); the log file handler refuses a symlink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from gradbench.errors import BadRunFile, UnsafeConfig, WriteFailed
+
+MiB = 1 << 20
+# the most bytes read of each kind of file: far above what gradbench writes (a 10⁶-step
+# metrics.csv is ~150 MiB, a summary of a 1000-class run ~10 MiB), far below what hangs the tool
+CAPS = {"summary.json": 64 * MiB, "overrides.yaml": MiB, "config.yaml": 8 * MiB, "hydra.yaml": 8 * MiB,
+        "metrics.csv": 1024 * MiB, "bench.csv": 64 * MiB, "checkpoint.pt": 8192 * MiB, "model.pt": 8192 * MiB}
+DEFAULT_CAP = 16 * MiB
+MAX_DEPTH = 64  # gradbench's own files nest 6 deep
+MAX_COLUMNS = 1024  # metrics.csv and bench.csv: gradbench writes a few dozen
+HEADER_CAP = 64 * 1024  # a CSV header longer than this is no gradbench header
+FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+
+
+def cap_of(path: Path) -> int:
+    return CAPS.get(Path(path).name, DEFAULT_CAP)
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of `path`, which must be a regular file (not a symlink, FIFO,
+    device or folder), under a folder that is not a symlink; BadRunFile otherwise."""
+    path = Path(path)
+    if path.parent.name and os.path.islink(path.parent):
+        raise BadRunFile(f"{path.parent} is a symbolic link: a run dir's files are read only inside it")
+    try:
+        fd = os.open(path, FLAGS)
+    except OSError as e:
+        why = "a symbolic link" if e.errno == 40 else (e.strerror or str(e)).lower()  # ELOOP: O_NOFOLLOW
+        raise BadRunFile(f"{path} is unreadable ({why})") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise BadRunFile(f"{path} is not a regular file: a run dir's files are plain files")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_bytes(path: Path, cap: int | None = None) -> bytes:
+    """The file's bytes, refused beyond `cap` (the kind's CAPS by default) without reading more."""
+    cap = cap_of(path) if cap is None else cap
+    fd = open_regular(path)
+    try:
+        chunks, size = [], 0
+        while size <= cap and (chunk := os.read(fd, min(cap + 1 - size, 4 * MiB))):
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > cap:
+        raise BadRunFile(f"{path} is larger than {cap} bytes: not a file gradbench writes")
+    return b"".join(chunks)
+
+
+def read_text(path: Path, cap: int | None = None) -> str:
+    try:
+        return read_bytes(path, cap).decode()
+    except UnicodeDecodeError as e:
+        raise BadRunFile(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def exists(path: Path) -> bool:
+    """True where `path` names something at all, a broken symlink included (then reading it is
+    refused, rather than the file being taken as absent)."""
+    return os.path.lexists(path)
+
+
+def read_json(path: Path, opaque: bool = False):
+    """A JSON file as plain data (see check_data)."""
+    text = read_text(path)
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise BadRunFile(f"{path} is nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:
+        raise BadRunFile(f"{path} is not JSON ({str(e).splitlines()[0]})") from None
+    check_data(data, path, opaque)
+    return data
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's plain subset: no anchor, no alias, no tag (each refused with its line)."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        where = f"line {event.start_mark.line + 1}"
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise BadRunFile(f"{self.name}: an anchor or alias at {where}: a run dir's YAML is plain data")
+        if getattr(event, "tag", None) is not None:
+            raise BadRunFile(f"{self.name}: a tag ({event.tag}) at {where}: a run dir's YAML is plain data")
+        return super().compose_node(parent, index)
+
+
+def read_yaml(path: Path, opaque: bool = False):
+    """A YAML file as plain data: one document, no anchors, aliases or tags (see check_data)."""
+    text = read_text(path)
+    loader = _Loader(text)
+    loader.name = str(path)
+    try:
+        data = loader.get_single_data()
+    except RecursionError:
+        raise BadRunFile(f"{path} is nested deeper than {MAX_DEPTH} levels") from None
+    except yaml.YAMLError as e:
+        raise BadRunFile(f"{path} is not plain YAML ({str(e).splitlines()[0]})") from None
+    finally:
+        loader.dispose()
+    check_data(data, path, opaque)
+    return data
+
+
+def check_data(data, path: Path, opaque: bool = False) -> None:
+    """Refuse data nested deeper than MAX_DEPTH, keys that are not strings or numbers, values
+    that are not JSON's (dict, list, str, number, bool, null), and, unless `opaque`, any string
+    (key or value) holding `${`: nothing read from a run dir is ever interpolated."""
+    stack = [(data, "", 0)]
+    while stack:
+        node, key, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise BadRunFile(f"{path}: {key or 'the document'} is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if not isinstance(k, (str, int, float)) or isinstance(k, bool):
+                    raise BadRunFile(f"{path}: {key or 'the document'} has a key of type {type(k).__name__}")
+                name = f"{key}.{k}" if key else str(k)
+                if not opaque and "${" in str(k):
+                    raise UnsafeConfig(_interpolation(path, name, k))
+                stack.append((v, name, depth + 1))
+        elif isinstance(node, list):
+            stack.extend((v, f"{key}.{i}" if key else str(i), depth + 1) for i, v in enumerate(node))
+        elif isinstance(node, str):
+            if not opaque and "${" in node:
+                raise UnsafeConfig(_interpolation(path, key, node))
+        elif node is not None and not isinstance(node, (int, float, bool)):
+            raise BadRunFile(f"{path}: {key or 'the document'} is a {type(node).__name__}, not plain data")
+
+
+def _interpolation(path, key: str, value: str) -> str:
+    shown = value if len(value) <= 60 else value[:57] + "..."
+    return (f"{path}: {key or 'the document'} = {shown!r} holds '${{': an interpolation or resolver call; a run dir "
+            f"is data, nothing in it is resolved")
+
+
+def read_overrides(path: Path) -> list[str]:
+    """.hydra/overrides.yaml: a list of override strings (checked further by
+    gradbench.run.targets.check_overrides before Hydra sees them)."""
+    lines = read_yaml(path)
+    if lines is None:
+        return []
+    if not isinstance(lines, list) or not all(isinstance(a, str) for a in lines):
+        raise BadRunFile(f"{path} is not a list of overrides (a YAML {type(lines).__name__})")
+    return lines
+
+
+# summary.json keys that are read, with the JSON type each must have (null aside)
+SHAPE = {"stop_reason": str, "steps": (int, float), "epochs": (int, float), "train_time_s": (int, float),
+         "mean_step_time_s": (int, float), "choices": dict, "config": dict, "initial": dict, "final": dict,
+         "class_names": list, "test_confusion": list, "overrides": list, "seed": (int, str), "outputs": list,
+         "diverged_at_step": int, "error": str}
+
+
+def read_summary(path: Path) -> dict:
+    """summary.json: an object of the shape gradbench writes (SHAPE; metrics are numbers)."""
+    summary = read_json(path)
+    check_summary(summary, path)
+    return summary
+
+
+def check_summary(summary, path: Path | str = "summary.json") -> None:
+    """BadRunFile naming the first key of a summary of another shape than the one gradbench
+    writes (`[]`, `"x"`, `final` a string, a metric a list)."""
+    if not isinstance(summary, dict):
+        raise BadRunFile(f"{path} is a JSON {type(summary).__name__}, not an object")
+    for key, kind in SHAPE.items():
+        value = summary.get(key)
+        if value is not None and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise BadRunFile(f"{path}: {key} is a JSON {type(value).__name__}")
+    for key in ("initial", "final"):
+        for split, metrics in (summary.get(key) or {}).items():
+            if not isinstance(metrics, dict) or not all(
+                    v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values()):
+                raise BadRunFile(f"{path}: {key}.{split} is not metric → number")
+    if not all(isinstance(name, str) for name in summary.get("outputs") or []):
+        raise BadRunFile(f"{path}: outputs is not a list of file names")
+
+
+def whole_lines(data: bytes) -> memoryview:
+    """The bytes up to the last newline: a line cut short by a kill is left out."""
+    return memoryview(data)[: data.rfind(b"\n") + 1]
+
+
+def read_csv(path: Path, usecols=None):
+    """A CSV written by gradbench (metrics.csv, bench.csv) as a frame, without a last row cut
+    mid-line; a header wider than MAX_COLUMNS or longer than HEADER_CAP is refused first. Empty
+    frame if the file has no whole line. Parsed by pandas' C engine from the capped bytes."""
+    import pandas as pd
+
+    data = read_bytes(path)
+    end = data.find(b"\n", 0, HEADER_CAP)
+    if end < 0:
+        if len(data) >= HEADER_CAP:
+            raise BadRunFile(f"{path}: its header is longer than {HEADER_CAP} bytes: not a gradbench CSV")
+        return pd.DataFrame()
+    if data.count(b",", 0, end) >= MAX_COLUMNS:
+        raise BadRunFile(f"{path}: its header has more than {MAX_COLUMNS} columns: not a gradbench CSV")
+    try:
+        frame = pd.read_csv(io.BytesIO(whole_lines(data)), usecols=usecols, engine="c", encoding="utf-8")
+    except (ValueError, pd.errors.ParserError) as e:  # UnicodeDecodeError is a ValueError
+        raise BadRunFile(f"{path} is not a CSV of numbers ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    return frame
+
+
+def load_torch(path: Path):
+    """A checkpoint.pt or model.pt: tensors and plain data only (weights_only), from the opened
+    regular file (no symlink, FIFO or device; at most its cap)."""
+    import torch
+
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size > cap_of(path):
+            raise BadRunFile(f"{path} is larger than {cap_of(path)} bytes: not a file gradbench writes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            try:
+                return torch.load(f, weights_only=True, map_location="cpu")
+            except Exception as e:  # truncated, not a zip, a pickle of other objects: torch's many errors
+                why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                raise BadRunFile(f"{path} is unreadable ({why})") from None
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable, binary: bool = False) -> None:
+    """`write(file)` into a fresh temporary file beside `path` (O_EXCL | O_NOFOLLOW: nothing
+    planted there is written through), then rename it over `path` (a symlink at `path` is
+    replaced, its target untouched). A write that fails (a full disk) removes the temporary
+    file, leaves `path` as it was and raises WriteFailed; a kill mid-write leaves the temporary
+    file (gradbench.run.metrics.remove_stale)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)  # this process's own leftover (a failed earlier try)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"newline": "", "encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, Exception) and (cause := os_error(e)):
+            raise WriteFailed(path, cause) from None
+        raise
+
+
+def write_text(path: Path, text: str) -> None:
+    """`text` (UTF-8, newlines as given) as `path`, atomically (atomic_write)."""
+    atomic_write(path, lambda f: f.write(text))
+
+
+def os_error(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: itself, or the one torch.save turns into a RuntimeError."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def open_append(path: Path):
+    """`path` (a regular file this process just wrote) opened to append text, refusing a symlink."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    return os.fdopen(fd, "a", newline="", encoding="utf-8")
+
+
+def open_lock(path: Path, create: bool = True) -> tuple[int, bool]:
+    """(descriptor, created) of the run dir's lock file: O_NOFOLLOW, never truncated on open;
+    it must be a regular file with one link (a hard link to a file elsewhere is refused, since
+    the lock file is rewritten with the holder's PID). With create=False a missing lock is
+    not made (returns (-1, False))."""
+    from gradbench.errors import OccupiedRunDir
+
+    flags = os.O_RDWR | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd, created = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        try:
+            fd, created = os.open(path, flags), False
+        except OSError as e:
+            why = "a symbolic link" if e.errno == 40 else (e.strerror or str(e)).lower()
+            raise OccupiedRunDir(f"{path} is {why}: not a lock gradbench made; remove it to use this run dir") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+        os.close(fd)
+        raise OccupiedRunDir(f"{path} is not a plain file of this run dir (a link or special file): not a lock "
+                             f"gradbench made; remove it to use this run dir")
+    return fd, created
+
+
+class NoFollowFileHandler(logging.FileHandler):
+    """Hydra's job log file (`<run dir>/train.log`), opened with O_NOFOLLOW: a symlink planted
+    at its name is never written through (the run logs to the terminal only, saying so once)."""
+
+    def _open(self):
+        try:
+            fd = os.open(self.baseFilename, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
+                         | getattr(os, "O_CLOEXEC", 0), 0o644)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(40, "not a regular file")
+        except OSError as e:
+            why = "a symbolic link or special file" if e.errno == 40 else (e.strerror or str(e)).lower()
+            print(f"gradbench: warning: {self.baseFilename} is {why}: not written (the log goes to the terminal only)",
+                  file=sys.stderr)
+            return open(os.devnull, "a", encoding=self.encoding)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
