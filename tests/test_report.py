@@ -116,7 +116,7 @@ def test_failed_jobs_are_counted_and_shown_as_failed(logreg):
     assert (failed["status"] == "failed").all() and failed["val_accuracy"].isna().all()
     rows = [line for line in (out / "table.md").read_text().splitlines() if "| -1 |" in line]
     assert len(rows) == 2 and all(line.count("| failed ") >= 10 for line in rows)
-    assert "- failed ×6: ConfigError: optimizer.lr must be > 0, got -1" in (out / "table.md").read_text()
+    assert "- failed ×6: ConfigError: optimizer.lr must be a finite number > 0, got -1" in (out / "table.md").read_text()
 
 
 def test_diverged_runs_and_a_loss_only_model_without_val_split(toynet):

@@ -137,8 +137,8 @@ def test_interrupt_finishes_the_step_and_keeps_every_finished_one(runner, monkey
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optimizer.lr=0", "optimizer.lr must be > 0, got 0"),
-    ("optimizer.lr=-0.1", "optimizer.lr must be > 0, got -0.1"),
+    ("optimizer.lr=0", "optimizer.lr must be a finite number > 0, got 0"),
+    ("optimizer.lr=-0.1", "optimizer.lr must be a finite number > 0, got -0.1"),
     ("batch_size=0", "batch_size must be a positive integer or null, got 0"),
     ("batch_size=205", "batch_size must be <= the training split size (204)"),
     ("model.activation=gelu", "model.activation must be one of relu | sigmoid | tanh | softplus, got 'gelu'"),

@@ -126,7 +126,9 @@ def main(argv: list[str]) -> int:
     look = look_of(args)
     if not args.dir.is_dir():
         parser.error(f"DIR must be a directory, got {str(args.dir)!r}")
-    runs, _, _ = find_runs(args.dir)
+    runs, _, broken = find_runs(args.dir)
+    for path, why in broken.items():  # a run dir is data: a hostile or damaged one is left out, and said so
+        print(f"gradbench functions: skipped broken run dir {path}: {why}", file=sys.stderr)
     runs = [r for r in runs if r.ok and r.summary.get("config")]
     for run in runs:  # a run dir is data: a model config that names code to call stops the command
         try:

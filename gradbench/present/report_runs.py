@@ -125,7 +125,8 @@ def find_runs(root: Path) -> tuple[list[Run], list[Path], dict[Path, str]]:
     """Every run dir under root (a folder with .hydra/overrides.yaml), in natural order; those
     without summary.json yet (still running, or killed) come back separately as skipped, and
     those whose files cannot be read as broken (path → why), so one bad file spoils nothing."""
-    dirs = sorted({p.parent.parent for p in Path(root).rglob("overrides.yaml") if p.parent.name == ".hydra"},
+    # .hydra entries, a symlinked one included (rglob does not descend into it): listed as broken
+    dirs = sorted({p.parent for p in Path(root).rglob(".hydra") if p.is_symlink() or (p / "overrides.yaml").exists()},
                   key=_natural)
     runs, skipped, broken = [], [], {}
     for path in dirs:

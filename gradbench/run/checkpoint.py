@@ -52,6 +52,7 @@ def load(run_dir: Path, config_dir: str | None = None) -> dict | None:
     missing = [k for k in KEYS if k not in state] if isinstance(state, dict) else list(KEYS)
     if missing or not isinstance(state["config"], dict) or not isinstance(state["step"], int):
         raise OccupiedRunDir(f"{path} is not a gradbench checkpoint (missing or wrong: {', '.join(missing) or 'config, step'})")
+    files.check_data(state["config"], f"{path}: config")  # plain data, no `${`: nothing in it is resolved
     targets.check(state["config"], str(path), config_dir, prefix="config.")
     return state
 

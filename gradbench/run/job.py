@@ -8,6 +8,7 @@ command's own flow (train, then write the run dir) is gradbench.commands.train.
 from __future__ import annotations
 
 import hashlib
+import os
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,8 @@ def check_run_files(run_dir: Path) -> None:
     """Read every file of `run_dir` a train job reads later (summary.json, .hydra/'s files, for
     the figures' titles), so a broken or hostile one refuses the job before it writes anything."""
     read_summary(run_dir)
+    if files.exists(run_dir / "metrics.csv"):  # read whole by a resume (rundir.check_metrics), after the setup
+        os.close(files.open_regular(run_dir / "metrics.csv"))
     for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
         if files.exists(path := run_dir / ".hydra" / name):
             files.read_yaml(path, opaque=name != "overrides.yaml")

@@ -59,7 +59,7 @@ RULES: dict[str, Rule] = {
     "eval_splits": (lambda v, c: all(s in SPLITS for s in v), f"must be a subset of {list(SPLITS)}"),
     "sweep_metric": (_sweep_metric, "must be <split>_<metric>: split train | val | test, metric one the model "
                      "reports (loss, accuracy, errors for classifiers)"),
-    "optimizer.lr": (lambda v, c: v > 0, "must be > 0"),
+    "optimizer.lr": (lambda v, c: 0 < v < float("inf"), "must be a finite number > 0"),  # inf: nan after one step
     "optimizer.momentum": (lambda v, c: 0 <= v < 1, "must be in [0, 1)"),
     "optimizer.dampening": (lambda v, c: 0 <= v < 1, "must be in [0, 1)"),
     "optimizer.weight_decay": (lambda v, c: v >= 0, "must be >= 0"),
