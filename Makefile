@@ -143,7 +143,7 @@ fg-family: setup ## the forward-gradient family on MNIST: FG-W, FG-A, K=8 mean/p
 	    mkdir -p $(FG)/replaced && mv $(FG)/seeds/$$name $(FG)/replaced/$$name-$$(date +%s) && \
 	    echo "$$name: the grid now chooses another rate; the earlier seeds are in $(FG)/replaced/"; fi; \
 	  mkdir -p $(FG)/seeds/$$name && cp $(FG)/grid/$$name/best.overrides $(FG)/seeds/$$name/chosen; \
-	  xargs -d '\n' -a $(FG)/seeds/$$name/chosen $(SWEEP) seed=1,2,3 \
+	  xargs -a $(FG)/seeds/$$name/chosen $(SWEEP) seed=1,2,3 \
 	    hydra.sweep.dir=$(FG)/seeds/$$name || exit 1; done
 	$(GRADBENCH) report $(FG)/seeds --out $(FG)/t05 --select val_accuracy --target-accuracy 0.5 --no-plots >/dev/null
 	$(GRADBENCH) report $(FG)/seeds --out $(FG) --select val_accuracy --target-accuracy 0.9 $(FIGSTYLE)

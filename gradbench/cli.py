@@ -119,13 +119,28 @@ def run_job(job, run_dir: Path, multirun: bool):
             print(f"gradbench: error: writing the outputs in {run_dir} failed: {e}", file=sys.stderr)
             sys.exit(1)
         record_failure(run_dir, f"OSError: {e}")
-    except Exception:
+    except Exception as e:
         if not multirun:
+            if (why := out_of_memory(e)) is not None:  # estimator.num_tangents=100000000, say: one line
+                print(f"gradbench: error: out of memory ({why}): a smaller batch_size, estimator.num_tangents "
+                      f"or model fits (the run's outputs so far are in {run_dir})", file=sys.stderr)
+                sys.exit(1)
             raise
         record_failure(run_dir, traceback.format_exc())
     from gradbench.commands.train import worst
 
     return worst()  # the sweeper's worst value: the study goes on
+
+
+def out_of_memory(error: BaseException) -> str | None:
+    """What an allocation that failed tried (torch's CPU or CUDA allocator, or Python's), else None."""
+    import re
+
+    text = str(error)
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or "can't allocate memory" in text:
+        found = re.search(r"tried to allocate ([\d.]+ ?\w*)", text)
+        return f"tried to allocate {found.group(1)}" if found else type(error).__name__
+    return None
 
 
 def record_failure(run_dir: Path, error: str) -> None:

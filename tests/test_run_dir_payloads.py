@@ -413,3 +413,11 @@ def test_a_resumed_metrics_csv_equals_an_uninterrupted_one(tmp_path, monkeypatch
     whole, parts = (tmp_path / "whole" / "metrics.csv").read_bytes(), (tmp_path / "parts" / "metrics.csv").read_bytes()
     assert b"\r" not in whole and b"\r" not in parts and whole.count(b"\n") == parts.count(b"\n") == 21
     assert without_times(tmp_path / "whole" / "metrics.csv") == without_times(tmp_path / "parts" / "metrics.csv")
+
+
+def test_an_allocation_too_large_is_one_line(tmp_path, monkeypatch, capsys):
+    """10¹² tangents of 867 parameters: 3.5 PB, more than any address space: torch's allocator
+    refuses at once (no memory is touched), and the CLI says so in one line."""
+    monkeypatch.chdir(tmp_path)
+    assert status(["train", "estimator.num_tangents=1000000000000", "max_steps=2", *FAST, "hydra.run.dir=r"]) == 1
+    assert "out of memory (tried to allocate" in one_line(capsys)

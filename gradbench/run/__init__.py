@@ -6,7 +6,8 @@
     checkpoint.py  checkpoints, and the comparison of a stored config with a job's
     rundir.py      what a job may do with a run dir that holds a run: lock, verdict, roll back
     targets.py     the `_target_`s a config read back may name (a run dir is data, never code)
-    metrics.py     metrics.csv, summary.json, atomic writes
+    files.py       every run-dir file read and written: regular files, capped, plain data, atomic writes
+    metrics.py     metrics.csv, summary.json
     event_log.py   `logger=tensorboard`: event files beside metrics.csv
     progress.py    progress bars for a run's steps and a sweep's jobs
     sweep.py       sweep callbacks, each job's outcome, the tally, workers that die with the sweep
