@@ -305,7 +305,9 @@ def deep(n: int) -> str:
 
 PLANTS = {  # name → (plant(run), what the refusal names)
     "alias bomb in overrides.yaml": (lambda r: (r / ".hydra" / "overrides.yaml").write_text(BOMB), "anchor or alias"),
-    "alias bomb in config.yaml": (lambda r: (r / ".hydra" / "config.yaml").write_text(BOMB), "anchor or alias"),
+    "alias bomb in config.yaml": (lambda r: ((r / ".hydra" / "config.yaml").write_text(BOMB),  # read where the
+                                             edit_summary(r, lambda s: s.update(config={}))),  # summary has none
+                                  "anchor or alias"),
     "a tag in overrides.yaml": (lambda r: (r / ".hydra" / "overrides.yaml").write_text("- !!python/name:os.system x\n"),
                                 "a tag"),
     "overrides.yaml holding 5": (lambda r: (r / ".hydra" / "overrides.yaml").write_text("5\n"), "not a list"),

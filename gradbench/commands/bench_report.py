@@ -40,7 +40,7 @@ def load(root: Path) -> pd.DataFrame:
     frames = []
     for path in sorted(root.rglob("bench.csv")):
         try:
-            frame = files.read_csv(path)
+            frame = files.read_csv(path, numbers=False)
         except ValueError as e:  # BadRunFile: a symlink, a FIFO, too large, not a CSV
             raise SystemExit(f"gradbench bench-report: error: {e}") from None
         frame.insert(0, "run", str(path.parent.relative_to(root)) or ".")

@@ -51,7 +51,7 @@ def load_model(path: Path, config_dir: str | None) -> dict:
     if not isinstance(saved, dict) or not isinstance(saved.get("state_dict"), dict):
         raise ConfigError(f"{path} is not a gradbench model.pt (a dict with a state_dict)")
     meta = {k: v for k, v in saved.items() if k != "state_dict"}
-    files.check_data(meta, path)
+    files.check_data(meta, path, tensors=True)
     targets.check(meta, str(path), config_dir)
     return saved
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from gradbench.run import files
 from gradbench.run.files import atomic_write
 
@@ -29,6 +27,8 @@ STOP_RULES = ("max_steps", "max_epochs", "stop_below")
 
 
 def save(run_dir: Path, state: dict) -> None:
+    import torch  # here, not at the top: `report` reads flatten and NEUTRAL without torch's seconds and 300 MB
+
     atomic_write(Path(run_dir) / FILE, lambda f: torch.save(state, f), binary=True)
 
 

@@ -28,6 +28,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import stat
 import sys
@@ -144,10 +145,43 @@ def read_yaml(path: Path, opaque: bool = False):
     return data
 
 
-def check_data(data, path: Path, opaque: bool = False) -> None:
+def check_data(data, path: Path, opaque: bool = False, tensors: bool = False) -> None:
     """Refuse data nested deeper than MAX_DEPTH, keys that are not strings or numbers, values
     that are not JSON's (dict, list, str, number, bool, null), and, unless `opaque`, any string
     (key or value) holding `${`: nothing read from a run dir is ever interpolated."""
+    leaves = PLAIN + ((_tensor(),) if tensors else ())  # model.pt's PCA statistics are tensors
+    if _plain(data, 0, opaque, leaves):
+        return
+    _explain(data, path, opaque, leaves)  # the slow walk, for the one line naming the key
+
+
+PLAIN = (int, float, bool, type(None))
+
+
+def _tensor() -> type:
+    import torch
+
+    return torch.Tensor
+
+
+def _plain(node, depth: int, opaque: bool, leaves: tuple = PLAIN) -> bool:
+    """The fast check (types, not isinstance; no key names built): True if `node` passes."""
+    kind = type(node)
+    if kind is str:
+        return opaque or "${" not in node
+    if kind in leaves:
+        return True
+    if depth >= MAX_DEPTH:
+        return False
+    if kind is dict:
+        return all(type(k) in (str, int, float) and (opaque or "${" not in str(k)) and _plain(v, depth + 1, opaque, leaves)
+                   for k, v in node.items())
+    if kind is list:
+        return all(_plain(v, depth + 1, opaque, leaves) for v in node)
+    return False
+
+
+def _explain(data, path: Path, opaque: bool, leaves: tuple = PLAIN) -> None:
     stack = [(data, "", 0)]
     while stack:
         node, key, depth = stack.pop()
@@ -166,7 +200,7 @@ def check_data(data, path: Path, opaque: bool = False) -> None:
         elif isinstance(node, str):
             if not opaque and "${" in node:
                 raise UnsafeConfig(_interpolation(path, key, node))
-        elif node is not None and not isinstance(node, (int, float, bool)):
+        elif not isinstance(node, leaves):
             raise BadRunFile(f"{path}: {key or 'the document'} is a {type(node).__name__}, not plain data")
 
 
@@ -256,10 +290,31 @@ def _last_newline(fd: int, size: int) -> int:
     return 0
 
 
-def read_csv(path: Path, usecols=None):
+SMALL = 256 * 1024  # bytes: a CSV this small is parsed here (pandas' per-call cost is most of a tiny file's)
+
+
+def _small_csv(data: bytes, path: Path, usecols=None):
+    """A small CSV of numbers as a float64 frame (empty cells NaN), in one block."""
+    import numpy as np
+    import pandas as pd
+
+    try:
+        lines = data.decode().split("\n")[:-1]
+        header = lines[0].split(",")
+        rows = [[float(c) if c else math.nan for c in line.rstrip("\r").split(",")] for line in lines[1:]]
+    except (UnicodeDecodeError, ValueError) as e:
+        raise BadRunFile(f"{path} is not a CSV of numbers ({str(e).splitlines()[0]})") from None
+    if len(set(header)) != len(header) or any(len(row) != len(header) for row in rows):
+        raise BadRunFile(f"{path} is not a CSV of numbers (a row of another width than the header, or a name twice)")
+    frame = pd.DataFrame(np.array(rows, dtype=float).reshape(len(rows), len(header)), columns=header)
+    return frame[[c for c in header if c in usecols]] if usecols is not None else frame
+
+
+def read_csv(path: Path, usecols=None, numbers: bool = True):
     """A CSV written by gradbench (metrics.csv, bench.csv) as a frame, without a last row cut
     mid-line; a file over its cap, a header wider than MAX_COLUMNS or longer than HEADER_CAP
-    is refused first. Empty frame if the file has no whole line. Streamed from the opened
+    is refused first. `numbers` (metrics.csv): every cell a number, float64 (empty: NaN);
+    else (bench.csv, with text columns) pandas' own types. Empty frame if the file has no whole line. Streamed from the opened
     regular file into pandas' C parser, up to the last newline found when it was opened."""
     import pandas as pd
 
@@ -275,9 +330,12 @@ def read_csv(path: Path, usecols=None):
             return pd.DataFrame()
         if head.count(b",", 0, newline) >= MAX_COLUMNS:
             raise BadRunFile(f"{path}: its header has more than {MAX_COLUMNS} columns: not a gradbench CSV")
-        stream = io.BufferedReader(_Window(fd, _last_newline(fd, size)), buffer_size=MiB)
-        try:
-            return pd.read_csv(stream, usecols=usecols, engine="c", encoding="utf-8")
+        end = _last_newline(fd, size)
+        if numbers and end <= SMALL:
+            return _small_csv(os.pread(fd, end, 0), path, usecols)
+        stream = io.BufferedReader(_Window(fd, end), buffer_size=MiB)
+        try:  # every cell a number (float64, empty = NaN), as _small_csv reads it
+            return pd.read_csv(stream, usecols=usecols, engine="c", encoding="utf-8", dtype=float if numbers else None)
         except (ValueError, pd.errors.ParserError) as e:  # UnicodeDecodeError is a ValueError
             why = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise BadRunFile(f"{path} is not a CSV of numbers ({why})") from None

@@ -43,7 +43,8 @@ def _targets(dirs: tuple[Path, ...]) -> frozenset[str]:
     for root in dirs:
         for path in sorted(root.rglob("*.yaml")):
             try:
-                documents = list(yaml.safe_load_all(path.read_text()))
+                # gradbench's own files (trusted): libyaml's safe loader where installed, 10x faster
+                documents = list(yaml.load_all(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
             except (OSError, yaml.YAMLError):
                 continue  # a file Hydra could not compose either: it names nothing
             for document in documents:
