@@ -374,6 +374,10 @@ def one_line_errors(command: str, rest: list[str]):
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as e:
         print(f"gradbench: error: {hydra_message(e, command, rest)}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # Hydra writing .hydra/ on a full disk (the job's own writes are handled in run_job)
+        print(f"gradbench: error: writing {e.filename or 'the run dir'} failed: {(e.strerror or str(e)).lower()}",
+              file=sys.stderr)
+        sys.exit(1)
     finally:
         if saved is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)

@@ -423,3 +423,30 @@ def test_an_allocation_too_large_is_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert status(["train", "estimator.num_tangents=1000000000000", "max_steps=2", *FAST, "hydra.run.dir=r"]) == 1
     assert "out of memory (tried to allocate" in one_line(capsys)
+
+
+def test_hydra_failing_to_write_its_config_is_one_line(tmp_path, monkeypatch, capsys):
+    """.hydra/ that cannot be written (here a file in its place; a full disk alike): one line, exit 1."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / ".hydra").write_text("a file\n")
+    assert status(["train", "max_steps=2", *FAST, "hydra.run.dir=r"]) == 1
+    assert "gradbench: error: writing" in one_line(capsys)
+    assert (tmp_path / "r" / ".hydra").read_text() == "a file\n"
+
+
+@pytest.mark.parametrize("planted", [".hydra/config.yaml", ".hydra"])
+def test_training_into_a_dir_with_a_planted_hydra_link_is_refused_before_hydra_writes(tmp_path, monkeypatch, outside,
+                                                                                       capsys, planted):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r" / ".hydra").mkdir(parents=True)
+    if planted == ".hydra":
+        (tmp_path / "r" / ".hydra").rmdir()
+        (tmp_path / "r" / ".hydra").symlink_to(outside)
+        (outside / "config.yaml").write_text("mine: 1\n")
+    else:
+        (tmp_path / "r" / planted).symlink_to(outside / ".bashrc")
+    home = hashes(outside)
+    assert status(["train", "max_steps=2", *FAST, "hydra.run.dir=r"]) == 2
+    assert "is a symbolic link: Hydra would write through it" in one_line(capsys)
+    assert hashes(outside) == home

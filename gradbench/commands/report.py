@@ -95,7 +95,12 @@ def load_reference(path: Path | None, runs: list[Run]) -> dict:
         return {"source": data.get("source", str(path)), "rows": list(data.get("rows") or [])}
     sources, rows = [], []
     for run in runs:
-        data = select(resolved(run), "reference")
+        try:  # .hydra/config.yaml as plain data, never resolved; a broken one adds no reference
+            data = select(run.config, "reference")
+        except ValueError as e:
+            note(f"{run.path}: no reference read ({e})")
+            data = None
+        data = data or select(resolved(run), "reference")
         if not isinstance(data, dict):
             continue
         if data.get("source") not in sources:
@@ -177,7 +182,9 @@ def best_section(row: pd.Series, metric: str, runs: list[Run], matrix: np.ndarra
 
 def report(args: argparse.Namespace) -> int:
     """Read the runs, write every output, print the tables."""
-    runs, skipped, broken = find_runs(args.dir)
+    # the tables read a few metrics.csv columns (run_values); the overlay figures read them all
+    table_columns = {"step", "train_time_s", "train_loss", "val_loss", "val_accuracy"}
+    runs, skipped, broken = find_runs(args.dir, None if not args.no_plots else table_columns)
     if skipped:
         note(f"skipped {len(skipped)} run dir(s) without summary.json (still running, killed, or not a train run)")
     for path, why in broken.items():

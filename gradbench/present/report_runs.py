@@ -121,7 +121,7 @@ def _natural(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def find_runs(root: Path) -> tuple[list[Run], list[Path], dict[Path, str]]:
+def find_runs(root: Path, columns: set[str] | None = None) -> tuple[list[Run], list[Path], dict[Path, str]]:
     """Every run dir under root (a folder with .hydra/overrides.yaml), in natural order; those
     without summary.json yet (still running, or killed) come back separately as skipped, and
     those whose files cannot be read as broken (path → why), so one bad file spoils nothing."""
@@ -134,13 +134,13 @@ def find_runs(root: Path) -> tuple[list[Run], list[Path], dict[Path, str]]:
             skipped.append(path)
             continue
         try:
-            runs.append(load_run(path))
+            runs.append(load_run(path, columns))
         except ValueError as e:  # BadRunFile, UnsafeConfig: one line naming the file
             broken[path] = str(e).splitlines()[0] if str(e) else type(e).__name__
     return runs, skipped, broken
 
 
-def load_run(path: Path) -> Run:
+def load_run(path: Path, columns: set[str] | None = None) -> Run:
     """One run dir's files, read through gradbench.run.files (regular files, capped, plain data)."""
     lines = files.read_overrides(path / ".hydra" / "overrides.yaml")
     overrides = {}
@@ -148,7 +148,7 @@ def load_run(path: Path) -> Run:
         key, _, value = line.partition("=")
         overrides[key.lstrip("+~")] = value
     summary = files.read_summary(path / "summary.json")
-    metrics = read_metrics(path / "metrics.csv")
+    metrics = read_metrics(path / "metrics.csv", columns)
     text = [c for c, kind in metrics.dtypes.items() if kind.kind not in "biuf"]  # no column lookups: 2000 runs
     if text:  # every column is a number (or empty); text is a damaged file, not a result
         raise ValueError(f"{path / 'metrics.csv'}: column {text[0]} holds text")

@@ -294,7 +294,8 @@ SMALL = 256 * 1024  # bytes: a CSV this small is parsed here (pandas' per-call c
 
 
 def _small_csv(data: bytes, path: Path, usecols=None):
-    """A small CSV of numbers as a float64 frame (empty cells NaN), in one block."""
+    """A small CSV of numbers as a float64 frame (empty cells NaN), in one block; `usecols`: a
+    predicate on column names, as pandas takes it."""
     import numpy as np
     import pandas as pd
 
@@ -307,7 +308,7 @@ def _small_csv(data: bytes, path: Path, usecols=None):
     if len(set(header)) != len(header) or any(len(row) != len(header) for row in rows):
         raise BadRunFile(f"{path} is not a CSV of numbers (a row of another width than the header, or a name twice)")
     frame = pd.DataFrame(np.array(rows, dtype=float).reshape(len(rows), len(header)), columns=header)
-    return frame[[c for c in header if c in usecols]] if usecols is not None else frame
+    return frame[[c for c in header if usecols(c)]] if usecols is not None else frame
 
 
 def read_csv(path: Path, usecols=None, numbers: bool = True):

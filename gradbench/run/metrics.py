@@ -75,12 +75,14 @@ def _cell(value):
     return repr(value) if isinstance(value, float) else value  # repr: shortest exact float
 
 
-def read_metrics(path: Path) -> pd.DataFrame:
-    """metrics.csv as a frame, without a last row cut mid-line (a run killed while writing);
-    empty if there is none (read through gradbench.run.files)."""
+def read_metrics(path: Path, columns: set[str] | None = None) -> pd.DataFrame:
+    """metrics.csv as a frame (only `columns` where given, those it has), without a last row
+    cut mid-line (a run killed while writing); empty if there is none (gradbench.run.files)."""
     import pandas as pd
 
-    return files.read_csv(path) if files.exists(path) else pd.DataFrame()
+    if not files.exists(path):
+        return pd.DataFrame()
+    return files.read_csv(path, usecols=None if columns is None else columns.__contains__)
 
 
 def with_initial(frame: pd.DataFrame, initial: dict | None) -> pd.DataFrame:

@@ -23,6 +23,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from gradbench.errors import WriteFailed
+
 log = logging.getLogger(__name__)
 OUTCOMES = ("finished", "diverged", "failed", "interrupted", "skipped")
 BARS: dict = {}  # sweep dir → its progress bar (gradbench.run.progress.SweepBar), in the sweep's process
@@ -44,12 +46,14 @@ def record(run_dir: Path, outcome: str) -> None:
         return
     path = _folder(hydra.sweep.dir) / str(hydra.job.num)
     try:
+        from gradbench.run.files import write_text
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(outcome)
-    except OSError as e:  # a full disk: no half-written outcome, and the sweep goes on
+        write_text(path, outcome)  # a symlink planted at the job's name is replaced, not written through
+    except (OSError, WriteFailed) as e:  # a full disk: no half-written outcome, and the sweep goes on
         path.unlink(missing_ok=True)
         log.error("the sweep's tally will miss job %s (%s): writing %s failed: %s", hydra.job.num, outcome,
-                  path, (e.strerror or str(e)).lower())
+                  path, str(e) if isinstance(e, WriteFailed) else (e.strerror or str(e)).lower())
 
 
 PARENT = "GRADBENCH_SWEEP_PID"  # set by the sweep's own process; its workers inherit it
@@ -179,7 +183,8 @@ class Tally(Callback):
         if (bar := BARS.pop(str(config.hydra.sweep.dir), None)) is not None:
             bar.stop()
         folder = _folder(config.hydra.sweep.dir)
-        counts = Counter(p.read_text() for p in folder.iterdir()) if folder.is_dir() else Counter()
+        # job numbers only: a temporary file of a worker killed mid-write is no outcome
+        counts = Counter(p.read_text() for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else Counter()
         RESULT.update(counts=counts, dir=config.hydra.sweep.dir)
         line = ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o] or o != "interrupted")
         log.info("sweep done: %s → %s (gradbench report %s)", line, config.hydra.sweep.dir,
@@ -193,10 +198,14 @@ class OutputDir(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         _make(config.hydra.run.dir)
+        _refuse_planted(Path(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         _check_launcher(config)
         _make(config.hydra.sweep.dir)
+        sweep = Path(config.hydra.sweep.dir)
+        for job in [sweep, *(p for p in sweep.iterdir() if p.is_dir() and not p.is_symlink())]:
+            _refuse_planted(job)
         if str(config.hydra.launcher.get("_target_", "")).endswith(".JoblibLauncher"):
             _start_workers_bound()
 
@@ -206,6 +215,18 @@ def _check_launcher(config: DictConfig) -> None:
     if str(config.hydra.launcher.get("_target_", "")).endswith(".SlurmLauncher") and shutil.which("srun") is None:
         print("gradbench: error: hydra/launcher=slurm needs SLURM (srun is not on PATH): run the sweep on the "
               "cluster, or pick hydra/launcher=parallel (this machine) or submitit_local", file=sys.stderr)
+        sys.exit(2)
+
+
+def _refuse_planted(run_dir: Path) -> None:
+    """Hydra writes .hydra/*.yaml with a plain open() before any job code runs: a symlink planted
+    there (a downloaded run dir trained into again) would be written through. Refused in one
+    line, exit 2, before Hydra writes; so is a symlinked sweep tally folder."""
+    planted = [p for p in (run_dir / ".hydra", *(run_dir / ".hydra" / f"{n}.yaml" for n in ("config", "hydra", "overrides")),
+                           run_dir / ".gradbench", run_dir / ".gradbench" / "outcomes") if p.is_symlink()]
+    if planted:
+        print(f"gradbench: error: {planted[0]} is a symbolic link: Hydra would write through it; remove it, or use "
+              f"another run dir", file=sys.stderr)
         sys.exit(2)
 
 
