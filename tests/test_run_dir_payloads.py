@@ -253,15 +253,29 @@ def test_best_overrides_are_checked_and_quoted_for_a_shell(run, clean, tmp_path,
     assert not mark.exists()
 
 
-def test_best_overrides_refuse_a_hydra_setting(run, clean, tmp_path, capsys):
+def test_best_overrides_leave_out_a_group_with_a_hydra_setting(run, clean, tmp_path, capsys):
     path = clean / ".hydra" / "overrides.yaml"
     path.write_text(yaml.safe_dump([*yaml.safe_load(path.read_text()), "hydra.job.chdir=true"]))
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     shutil.copytree(clean, sweep / "0")
-    assert status(["report", str(sweep), "--no-plots"]) == 2
-    assert "hydra.job.chdir is a Hydra setting" in one_line(capsys)
-    assert not (sweep / "best.overrides").exists()
+    (sweep / "best.overrides").write_text("stale\n")
+    assert status(["report", str(sweep), "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "best.overrides not written" in err and "hydra.job.chdir is a Hydra setting" in err
+    assert not (sweep / "best.overrides").exists() and (sweep / "table.md").exists()
+
+
+def test_an_interpolation_typed_on_the_command_line_trains_evaluates_and_reports(tmp_path, monkeypatch, capsys):
+    """The user's own `${...}` is resolved by Hydra when typed; what the run dir stores is
+    resolved (summary, model.pt) or read as text (report's labels): all of it works, and
+    only best.overrides, which Hydra would read, leaves that line out by refusing."""
+    monkeypatch.chdir(tmp_path)
+    assert status(["train", "max_steps=5", *FAST, "+width=8", "model.hidden=[${width}]", "hydra.run.dir=s/0"]) == 0
+    assert status(["eval", "s/0"]) == 0
+    assert status(["report", "s", "--no-plots"]) == 0
+    err = capsys.readouterr().err
+    assert "broken" not in err and "best.overrides not written" in err and "holds '${'" in err
 
 
 # --- deleting only what the command created -------------------------------------------------------------------

@@ -299,7 +299,11 @@ def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Pat
         plot_confusion(matrix, f"{name}\ntest set, mean over {n} seed(s)", out / "confusion",
                        class_names(runs, len(matrix)), look_of(args))
     files.write_text(out / "best.md", text)
-    files.write_text(out / "best.overrides", "".join(f"{shlex.quote(o)}\n" for o in rerun_overrides(runs[0])))
+    try:
+        files.write_text(out / "best.overrides", "".join(f"{shlex.quote(o)}\n" for o in rerun_overrides(runs[0])))
+    except ValueError as e:  # UnsafeConfig: a line that must not be run again; no stale file either
+        (out / "best.overrides").unlink(missing_ok=True)
+        note(f"best.overrides not written: {e}")
     return text
 
 
@@ -312,7 +316,9 @@ def rerun_overrides(run: Run) -> list[str]:
     from gradbench.run import targets
     from gradbench.run.checkpoint import NEUTRAL
 
-    targets.check_overrides(run.lines, str(run.path / ".hydra" / "overrides.yaml"))
+    source = run.path / ".hydra" / "overrides.yaml"
+    files.check_data(run.lines, source)  # no `${`: a line Hydra would resolve when the file is used
+    targets.check_overrides(run.lines, str(source))
     keep = []
     for line in run.lines:
         key = line.partition("=")[0].lstrip("+~")

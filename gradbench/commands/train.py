@@ -213,8 +213,9 @@ def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Resu
 
     outputs = ["metrics.csv", checkpoint.FILE] if result.steps else []
     if cfg.save_model:
-        # everything to rebuild and evaluate the model on raw inputs (README, "What a run writes")
-        model = {"state_dict": s.model.state_dict(), "model": OmegaConf.to_container(cfg.model),
+        # everything to rebuild and evaluate the model on raw inputs (README, "What a run writes"),
+        # resolved: a run dir holds no `${` (gradbench.run.files refuses one)
+        model = {"state_dict": s.model.state_dict(), "model": config["model"],
                  "config": config, "dtype": cfg.dtype, "input_shape": list(s.data.input_shape),
                  "num_classes": s.data.num_classes, "class_names": s.data.class_names,
                  "preprocessing": s.data.preprocessing}
@@ -238,7 +239,7 @@ def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Resu
         "deterministic": cfg.deterministic,
         "choices": {k: v for k, v in HydraConfig.get().runtime.choices.items() if not k.startswith("hydra")},
         "overrides": _overrides(),
-        "estimator": OmegaConf.to_container(cfg.estimator),
+        "estimator": config["estimator"],  # resolved, as config
         "config": config,
         "outputs": outputs,
         "initial": result.initial,

@@ -42,7 +42,7 @@ def run_title(run_dir: Path, summary: dict | None = None) -> list[str]:
     config = files.read_yaml(hydra_dir / "config.yaml", opaque=True) if files.exists(hydra_dir / "config.yaml") else {}
     config = config if isinstance(config, dict) else {}
     choices = hydra_choices(run_dir)
-    overrides = [o.lstrip("+~") for o in files.read_overrides(hydra_dir / "overrides.yaml")] \
+    overrides = [o.lstrip("+~") for o in files.read_overrides(hydra_dir / "overrides.yaml", opaque=True)] \
         if files.exists(hydra_dir / "overrides.yaml") else []
     key = lambda o: o.partition("=")[0]  # noqa: E731
     rest = {key(o): o.partition("=")[2] for o in overrides

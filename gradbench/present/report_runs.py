@@ -142,7 +142,8 @@ def find_runs(root: Path, columns: set[str] | None = None) -> tuple[list[Run], l
 
 def load_run(path: Path, columns: set[str] | None = None) -> Run:
     """One run dir's files, read through gradbench.run.files (regular files, capped, plain data)."""
-    lines = files.read_overrides(path / ".hydra" / "overrides.yaml")
+    # labels only (opaque: a `${` typed on the command line stays text); best.overrides checks them strictly
+    lines = files.read_overrides(path / ".hydra" / "overrides.yaml", opaque=True)
     overrides = {}
     for line in lines:
         key, _, value = line.partition("=")

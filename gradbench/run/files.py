@@ -210,10 +210,11 @@ def _interpolation(path, key: str, value: str) -> str:
             f"is data, nothing in it is resolved")
 
 
-def read_overrides(path: Path) -> list[str]:
+def read_overrides(path: Path, opaque: bool = False) -> list[str]:
     """.hydra/overrides.yaml: a list of override strings (checked further by
-    gradbench.run.targets.check_overrides before Hydra sees them)."""
-    lines = read_yaml(path)
+    gradbench.run.targets.check_overrides before Hydra sees them). `opaque`: for labels only
+    (report's groups, figure titles), where a `${` stays text; never for what Hydra reads."""
+    lines = read_yaml(path, opaque)
     if lines is None:
         return []
     if not isinstance(lines, list) or not all(isinstance(a, str) for a in lines):

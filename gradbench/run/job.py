@@ -145,7 +145,7 @@ def check_run_files(run_dir: Path) -> None:
         os.close(files.open_regular(run_dir / "metrics.csv"))
     for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
         if files.exists(path := run_dir / ".hydra" / name):
-            files.read_yaml(path, opaque=name != "overrides.yaml")
+            files.read_yaml(path, opaque=True)  # titles only; resume reads overrides.yaml strictly (cli)
 
 
 def finished_run(run_dir: Path) -> dict | None:
