@@ -8,12 +8,14 @@ spellings:
 - **Reading**: the file is opened with O_NOFOLLOW | O_NONBLOCK and must be a regular file
   (fstat): a symlink, a FIFO or a device is refused, and so is a symlinked folder above it in
   the run dir (`.hydra` → elsewhere). At most the kind's size cap (CAPS) is read. JSON and YAML
-  come back as plain dicts, lists and scalars no deeper than MAX_DEPTH; YAML through a loader
-  that refuses anchors, aliases and tags (no alias bomb, no constructor). A string holding `${`
-  is refused (UnsafeConfig) in every file whose values a command could hand to OmegaConf or
-  Hydra: so nothing read back is ever interpolated or resolved, whatever name a resolver is
-  given, however it is built. Hydra's own `.hydra/config.yaml` and `hydra.yaml` legitimately
-  hold interpolations: they are read `opaque` (strings kept as text) and used as plain data only,
+  come back as plain dicts, lists and scalars no deeper than MAX_DEPTH; YAML's event stream is
+  checked before any node is built, refusing anchors, aliases and tags (no alias bomb, no
+  constructor). A string holding `${` is refused (UnsafeConfig) in every value a command could
+  hand to OmegaConf or Hydra (summary.json, a checkpoint's or model.pt's config, the overrides
+  a resume or best.overrides passes on): so nothing read back is ever interpolated or
+  resolved, whatever name a resolver is given, however it is built. Hydra's own
+  `.hydra/config.yaml` and `hydra.yaml`, and overrides shown as labels, may legitimately hold
+  interpolations: they are read `opaque` (strings kept as text) and used as plain data only,
   never turned into an OmegaConf node. Checkpoints load with torch's weights_only unpickler
   from the opened regular file.
 - **Writing**: every output goes to a fresh temporary file in its folder (O_EXCL | O_NOFOLLOW)
