@@ -23,5 +23,6 @@ from gradbench.estimators.finite_difference import FiniteDifference
 from gradbench.estimators.forward import Forward
 from gradbench.estimators.manual import Manual
 from gradbench.estimators.activities import ForwardActivities
+from gradbench.estimators.zeroth_order import ZerothOrder
 
-__all__ = ["Estimator", "Backward", "Forward", "ForwardActivities", "Manual", "FiniteDifference"]
+__all__ = ["Estimator", "Backward", "Forward", "ForwardActivities", "Manual", "FiniteDifference", "ZerothOrder"]
