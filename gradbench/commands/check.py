@@ -65,6 +65,8 @@ def stochastic_rows(name: str, estimator: Estimator, objective: Objective, param
                     truth: Params, samples: list[int]) -> list[dict]:
     """Means of N estimates for each N in `samples` (one stream of max(samples) draws, running
     sum, nothing stored), then the per-estimate RMS relative error and mean cosine."""
+    if estimator.target(objective) is not objective:  # it estimates another gradient (the local guess)
+        truth = reference(estimator.target(objective), params)[1]
     spread = estimator.spread(objective, params, truth)
     t = torch.cat([v.reshape(-1) for v in truth.values()])
     total, sq_rel, cos_sum, rows = torch.zeros_like(t), 0.0, 0.0, []

@@ -24,5 +24,7 @@ from gradbench.estimators.forward import Forward
 from gradbench.estimators.manual import Manual
 from gradbench.estimators.activities import ForwardActivities
 from gradbench.estimators.zeroth_order import ZerothOrder
+from gradbench.estimators.local_guess import LocalGuess
 
-__all__ = ["Estimator", "Backward", "Forward", "ForwardActivities", "Manual", "FiniteDifference", "ZerothOrder"]
+__all__ = ["Estimator", "Backward", "Forward", "ForwardActivities", "Manual", "FiniteDifference", "ZerothOrder",
+           "LocalGuess"]
