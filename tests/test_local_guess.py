@@ -146,3 +146,14 @@ def test_check_lists_measured_cosine_beside_theory(runner):
     row = rows.iloc[0]
     assert row["cosine"] == pytest.approx(row["expected_cosine"], rel=1e-9)
     assert row["rel_error"] == pytest.approx(row["expected_rel_error"], rel=1e-9)
+
+
+def test_variance_sweep_measures_exactly_its_theory(runner):
+    """Deterministic: every sample is the same estimate, so rel_mse is its bias² to rounding."""
+    (run,) = runner("variance", "dataset=penguins", "model=mlp", "model.local_losses=true", "device=cpu",
+                    "variance.estimators=[local_guess]", "variance.widths=[8]", "variance.depths=[2]",
+                    "variance.samples=2", "variance.batch_size=32")
+    table = pd.read_csv(run / "variance.csv")
+    assert len(table) == 2 and (table["rel_mse_se"] < 1e-12).all()
+    assert table["rel_mse"].to_numpy() == pytest.approx(table["theory"].to_numpy(), rel=1e-9)
+    assert (table["theory"] > 0).all()  # biased by design

@@ -239,3 +239,32 @@ def test_a_replay_run_trains_end_to_end(runner):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 4
     assert summary["passes"] == {"forward": 2.0, "forward_mode": 0.0, "backward": 0.0}
+
+
+def test_variance_sweep_puts_the_measured_error_beside_its_theory(runner):
+    """Same seed, same directions: the zeroth-order rows equal the forward gradient's up to the
+    O(ε²) difference error (1e-6 relative at ε = 1e-3, 1e-4 allowed), and both sit within 4 s.e.
+    of the theory (the ε-bias is 1e-6 of it)."""
+    (run,) = runner("variance", "dataset=penguins", "model=mlp", "model.activation=tanh", "device=cpu",
+                    "variance.estimators=[forward,zeroth_order,zeroth_order_replay]", "variance.widths=[8]",
+                    "variance.depths=[1]", "variance.samples=200", "variance.batch_size=32")
+    import pandas as pd
+    table = pd.read_csv(run / "variance.csv")
+    for _, row in table.iterrows():
+        assert abs(row["rel_mse"] - row["theory"]) <= 4 * row["rel_mse_se"], row.to_dict()
+    by = table.set_index(["sweep", "estimator"])["rel_mse"]
+    for sweep in ("width", "depth"):
+        assert by[sweep, "zeroth_order"] == pytest.approx(by[sweep, "forward"], rel=1e-4)
+
+
+def test_check_lists_zeroth_order_beside_its_theory(runner):
+    """gradbench check: the zeroth-order rows' single-estimate error and cosine beside theory,
+    within tests/test_check.py's bounds (RMS of 100 estimates: a factor 1.5; mean cosine: ±30 %)."""
+    (run,) = runner("check", "dataset=penguins", "model=mlp", "model.hidden=[12]", "model.activation=tanh",
+                    "batch_size=64", "check.samples=[1,100]", "device=cpu")
+    import pandas as pd
+    table = pd.read_csv(run / "check.csv")
+    for name in ("zeroth_order", "zeroth_order_replay"):
+        row = table[(table["estimator"] == name) & (table["kind"] == "each")].iloc[0]
+        assert row["expected_rel_error"] / 1.5 <= row["rel_error"] <= 1.5 * row["expected_rel_error"]
+        assert 0.7 * row["expected_cosine"] <= row["cosine"] <= 1.3 * row["expected_cosine"]

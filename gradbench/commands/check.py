@@ -136,11 +136,12 @@ def check_job(cfg: DictConfig, run_dir: Path) -> float:
         try:
             estimator = build(node, "estimator", generator=stream(cfg.seed, "tangents", s.device))
             estimator.bind(s.model)
+            params = {k: p.clone() for k, p in s.params.items()}  # its own: replay moves them in place
             if estimator.stochastic:
-                rows += stochastic_rows(name, estimator, objective, s.params, truth, samples)
+                rows += stochastic_rows(name, estimator, objective, params, truth, samples)
             else:
                 tolerance = cfg.check.tolerance.get(name, cfg.check.tolerance.default)
-                rows.append(exact_row(name, estimator, objective, s.params, truth, tolerance))
+                rows.append(exact_row(name, estimator, objective, params, truth, tolerance))
         except ConfigError as e:  # refuses this model (manual on a CNN) or is misconfigured
             rows.append({"estimator": name, "kind": "skipped", "note": str(e)})
         except Exception as e:  # a crash is a failed check; the other estimators still run
