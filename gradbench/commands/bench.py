@@ -48,9 +48,9 @@ from gradbench.models import Objective, count_parameters
 from gradbench.run.threads import background_load
 from gradbench.run.train import Step, synchroniser
 
+PASSES = ["passes_forward", "passes_forward_mode", "passes_backward"]  # Estimator.passes: empty where not stated
 COLUMNS = ["estimator", "batch_size", "device", "threads", "load", "auto_threads", "forward_flops", "num_params", "layers", "loss_eval_s", "median_step_s",
            "iqr_step_s", "R", "paper_R", "ratio", "peak_memory_mb", *PASSES]
-PASSES = ["passes_forward", "passes_forward_mode", "passes_backward"]  # Estimator.passes: empty where not stated
 
 
 def bench_job(cfg: DictConfig, run_dir: Path) -> None:

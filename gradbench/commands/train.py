@@ -247,7 +247,7 @@ def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Resu
         "diverged_at_step": result.diverged_at_step,
         "class_names": s.data.class_names,
         # what one step costs in passes over the batch (Estimator.passes): the figure that transfers
-        "passes": None if passes is None else dataclasses.asdict(passes),
+        "passes": None if passes is None else {k: float(v) for k, v in dataclasses.asdict(passes).items()},
     }
     if error:
         summary["error"] = error
