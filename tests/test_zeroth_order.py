@@ -230,6 +230,13 @@ def test_bad_options_are_refused_by_name(key, value, message):
         ZerothOrder(**{key: value})
 
 
+def test_local_losses_are_refused_before_any_step():
+    from gradbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.local_losses=true"):
+        ZerothOrder().bind(MLP((4,), 3, [5], local_losses=True))
+
+
 def test_a_replay_run_trains_end_to_end(runner):
     from tests.conftest import FAST
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from gradbench.errors import choose, require
+from gradbench.errors import ConfigError, choose, require
 from gradbench.estimators import perturbed, seeded
 from gradbench.estimators.base import Estimator, Passes, Spread, norm2
 from gradbench.estimators.forward import _dense_normal_cosine
@@ -59,6 +59,12 @@ class ZerothOrder(Estimator):
         self.num_queries, self.difference, self.epsilon = num_queries, difference, float(epsilon)
         self.law, self.structure, self.replay, self.chunk = law, structure, replay, chunk
         self._sampler: TangentSampler | None = None
+
+    def bind(self, model: Model) -> None:
+        if model.local_losses:  # differences see the objective's value, not its detached gradient
+            raise ConfigError("estimator=zeroth_order measures the derivative of the loss's value; "
+                              "model.local_losses=true is defined by gradients that stop at each block "
+                              "(no value has them as its derivative): use estimator=local_guess or backward")
 
     @torch.no_grad()
     def __call__(self, objective: Objective, params: Params) -> tuple[Tensor, dict[str, Estimate]]:
