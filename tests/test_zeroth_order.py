@@ -275,3 +275,37 @@ def test_check_lists_zeroth_order_beside_its_theory(runner):
         row = table[(table["estimator"] == name) & (table["kind"] == "each")].iloc[0]
         assert row["expected_rel_error"] / 1.5 <= row["rel_error"] <= 1.5 * row["expected_rel_error"]
         assert 0.7 * row["expected_cosine"] <= row["cosine"] <= 1.3 * row["expected_cosine"]
+
+
+def test_replay_step_peaks_at_an_evaluations_memory():
+    """The point of replay: a step (estimate + SGD update) allocates no more than a plain loss
+    evaluation of the batch (CPU profiler: allocation sizes are deterministic, so the bound is
+    exact up to the chunk buffer, 4 KiB here against the evaluation's 32 KiB; measured: replay 32 KiB, stored 1.5 MiB); the stored-direction
+    version holds a whole direction (one 784 × 256 weight alone is 800 KiB)."""
+    from gradbench.commands.bench import peak_memory_mb
+
+    model = MLP((784,), 10, [256])
+    model.initialise(torch.Generator().manual_seed(0))
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    g = torch.Generator().manual_seed(1)
+    objective = Objective(model, torch.randn(16, 784, generator=g), torch.randint(0, 10, (16,), generator=g))
+
+    def evaluation():
+        with torch.no_grad():
+            objective.loss(params)
+
+    def step_of(estimator):
+        sgd = torch.optim.SGD(list(params.values()), lr=1e-6)
+
+        def step():
+            apply(sgd, params, estimator(objective, params)[1])
+        step()  # first-call allocations out of the way, as for the evaluation
+        return step
+
+    evaluation()
+    cpu = torch.device("cpu")
+    base = peak_memory_mb(evaluation, cpu)
+    replay = peak_memory_mb(step_of(ZerothOrder(replay=True, chunk=1024, generator=torch.Generator().manual_seed(0))), cpu)
+    stored = peak_memory_mb(step_of(ZerothOrder(generator=torch.Generator().manual_seed(0))), cpu)
+    assert replay <= 1.1 * base, (replay, base)
+    assert stored > 5 * base, (stored, base)
