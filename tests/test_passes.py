@@ -182,3 +182,20 @@ def test_every_estimator_option_states_its_passes():
                 node = OmegaConf.merge(OmegaConf.load(CONF / f"{parent}.yaml"), node)
         estimator = instantiate(node)
         assert isinstance(estimator.passes(model), Passes), path.stem
+
+
+def test_summary_and_report_tables_carry_the_passes(runner, tmp_path):
+    from conftest import FAST
+
+    for estimator in ("backward", "zeroth_order"):
+        runner("train", "dataset=penguins", "model=logreg", f"estimator={estimator}", "max_steps=2", "device=cpu",
+               "hydra.run.dir=runs/" + estimator, *FAST)
+    out = tmp_path / "report"
+    from gradbench.commands.report import main
+
+    assert main([str(tmp_path / "runs"), "--no-plots", "--out", str(out)]) == 0
+    import pandas as pd
+    table = pd.read_csv(out / "table.csv").set_index("estimator")
+    assert table.loc["backward", ["passes_forward", "passes_forward_mode", "passes_backward"]].tolist() == [1, 0, 1]
+    assert table.loc["zeroth_order", ["passes_forward", "passes_forward_mode", "passes_backward"]].tolist() == [2, 0, 0]
+    assert "passes_forward" in (out / "table.md").read_text()

@@ -280,8 +280,9 @@ def test_check_lists_zeroth_order_beside_its_theory(runner):
 def test_replay_step_peaks_at_an_evaluations_memory():
     """The point of replay: a step (estimate + SGD update) allocates no more than a plain loss
     evaluation of the batch (CPU profiler: allocation sizes are deterministic, so the bound is
-    exact up to the chunk buffer, 4 KiB here against the evaluation's 32 KiB; measured: replay 32 KiB, stored 1.5 MiB); the stored-direction
-    version holds a whole direction (one 784 × 256 weight alone is 800 KiB)."""
+    exact up to the chunk buffer, 4 KiB here against the evaluation's 32 KiB); the stored-direction
+    version holds a whole direction (one 784 × 256 weight alone is 800 KiB). Measured: evaluation
+    32 KiB, replay 32 KiB, stored 1.5 MiB."""
     from gradbench.commands.bench import peak_memory_mb
 
     model = MLP((784,), 10, [256])
