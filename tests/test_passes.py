@@ -199,3 +199,17 @@ def test_summary_and_report_tables_carry_the_passes(runner, tmp_path):
     assert table.loc["backward", ["passes_forward", "passes_forward_mode", "passes_backward"]].tolist() == [1, 0, 1]
     assert table.loc["zeroth_order", ["passes_forward", "passes_forward_mode", "passes_backward"]].tolist() == [2, 0, 0]
     assert "passes_forward" in (out / "table.md").read_text()
+
+
+def test_bench_csv_carries_the_passes(runner):
+    from conftest import run_dirs
+    import pandas as pd
+
+    runner("bench", "bench.estimators=[backward,zeroth_order_replay,forward]", "bench.rounds=1", "bench.steps=1",
+           "estimator.num_tangents=3", "device=cpu", "log_every_s=1000")
+    (run,) = run_dirs(runner.cwd)
+    table = pd.read_csv(run / "bench.csv").set_index("estimator")
+    columns = ["passes_forward", "passes_forward_mode", "passes_backward"]
+    assert table.loc["backward", columns].tolist() == [1, 0, 1]
+    assert table.loc["zeroth_order_replay", columns].tolist() == [2, 0, 0]
+    assert table.loc["forward", columns].tolist() == [0, 3, 0]  # the run's estimator, K = 3 as overridden
