@@ -329,3 +329,24 @@ def test_a_resumed_replay_run_continues_exactly(runner):
     end_a = torch.load(whole / "model.pt", weights_only=False)["state_dict"]
     end_b = torch.load(part / "model.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(end_a[k], end_b[k]) for k in end_a)  # the parameters too, bit for bit
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["estimator=zeroth_order", "estimator.epsilon=-1.0"], "estimator.epsilon must be a number > 0, got -1.0"),
+    (["estimator=zeroth_order", "estimator.num_queries=0"], "estimator.num_queries must be an integer >= 1, got 0"),
+    (["estimator=zeroth_order", "estimator.difference=backward"],
+     "estimator.difference must be one of central | forward, got 'backward'"),
+    (["estimator=zeroth_order_replay", "estimator.replay=maybe"], "estimator.replay must be true or false"),
+    (["estimator=local_guess", "model.local_losses=true", "estimator.scaling=layer"],
+     "estimator.scaling must be one of network | block, got 'layer'"),
+    (["estimator=local_guess"], "estimator=local_guess guesses each block's gradient from its local loss"),
+    (["optimizer=sign_sgd", "optimizer.momentum=1.0"], "optimizer.momentum must be in [0, 1), got 1.0"),
+])
+def test_bad_input_gets_one_line_and_exit_2_before_any_step(runner, capsys, overrides, message):
+    from tests.conftest import FAST
+
+    with pytest.raises(SystemExit) as exit_info:
+        runner("train", "dataset=penguins", "model=mlp", "device=cpu", *overrides, *FAST)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(runner.cwd.rglob("metrics.csv"))
