@@ -61,6 +61,10 @@ RUN = {
     "steps_to_target": Column("steps to target", "min", bounds=POSITIVE),
     "time_to_target_s": Column("training time to target", "min", "s", bounds=POSITIVE),
     "mean_step_time_s": Column("mean step time", "min", "s", bounds=POSITIVE),
+    # what one step costs in passes over the batch (summary.json's `passes`, Estimator.passes)
+    "passes_forward": Column("forward evaluations per step", bounds=POSITIVE),
+    "passes_forward_mode": Column("forward-mode passes per step", bounds=POSITIVE),
+    "passes_backward": Column("backward passes per step", bounds=POSITIVE),
 }
 
 # metrics.csv's first columns, written every step

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from gradbench.errors import require
-from gradbench.estimators.tangents import Estimate, LowRank, dense
+from gradbench.estimators.tangents import Estimate, dense
 
 
 class ManualSGD(torch.optim.Optimizer):
@@ -110,20 +110,55 @@ class NAG(torch.optim.Optimizer):
         return loss
 
 
+class SignSGD(torch.optim.Optimizer):
+    """Sign descent, with momentum (signSGD / Signum, Bernstein et al. 2018; ZO-Bench's ZO-Sign
+    when the estimate is zeroth-order): only the sign of each entry moves θ, so a noisy
+    estimate's scale does not matter, only which way each coordinate points.
+
+        m ← g (μ = 0),  m ← μ·m + (1 − μ)·g (μ > 0, m₀ = 0)
+        θ ← θ − lr·sign(m)
+
+    sign(0) = 0: an entry with no signal does not move.
+    """
+
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, momentum: float = 0.0) -> None:
+        require(lr > 0, "optimizer.lr", "must be > 0", lr)
+        require(0 <= momentum < 1, "optimizer.momentum", "must be in [0, 1)", momentum)
+        super().__init__(params, {"lr": lr, "momentum": momentum})
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = _closure_loss(closure)
+        for group in self.param_groups:
+            lr, mu = group["lr"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                m = p.grad
+                if mu:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p)
+                    m = state["momentum_buffer"].mul_(mu).add_(p.grad, alpha=1 - mu)
+                p.add_(m.sign(), alpha=-lr)
+        return loss
+
+
 def apply(optimizer: torch.optim.Optimizer, params: dict[str, Tensor], grads: dict[str, Estimate]) -> None:
     """One update from an estimate, dense or factored (gradbench.estimators.tangents.LowRank).
 
     A plain SGD step (torch's SGD or ManualSGD without momentum, weight decay or Nesterov)
     applies a factored estimate as θ ← θ − lr·Σ_k u_k w_kᵀ in one addmm_, never forming the
-    dense matrix; every other optimizer gets dense `.grad`s and steps as usual. `.grad` is
+    dense matrix, and a seeded one (zeroth-order replay) by regenerating each tensor's
+    directions chunk by chunk, never holding one whole; every other optimizer gets dense `.grad`s and steps as usual. `.grad` is
     cleared afterwards, so no estimate is held between steps.
     """
-    if any(isinstance(g, LowRank) for g in grads.values()) and _plain_sgd(optimizer):
+    if any(not isinstance(g, Tensor) for g in grads.values()) and _plain_sgd(optimizer):
         lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
         with torch.no_grad():
             for name, p in params.items():
                 g = grads[name]
-                if isinstance(g, LowRank):
+                if not isinstance(g, Tensor):  # LowRank, or seeded.Seeded (regenerated here)
                     g.add_to(p, -lr_of[id(p)])
                 else:
                     p.add_(g, alpha=-lr_of[id(p)])

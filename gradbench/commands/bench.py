@@ -48,8 +48,9 @@ from gradbench.models import Objective, count_parameters
 from gradbench.run.threads import background_load
 from gradbench.run.train import Step, synchroniser
 
+PASSES = ["passes_forward", "passes_forward_mode", "passes_backward"]  # Estimator.passes: empty where not stated
 COLUMNS = ["estimator", "batch_size", "device", "threads", "load", "auto_threads", "forward_flops", "num_params", "layers", "loss_eval_s", "median_step_s",
-           "iqr_step_s", "R", "paper_R", "ratio", "peak_memory_mb"]
+           "iqr_step_s", "R", "paper_R", "ratio", "peak_memory_mb", *PASSES]
 
 
 def bench_job(cfg: DictConfig, run_dir: Path) -> None:
@@ -141,13 +142,15 @@ def _time_batch(cfg: DictConfig, s, nodes: dict, variants: dict[str, Variant], o
     each round, so load drift hits them all alike."""
     b = cfg.bench
     sync = synchroniser(s.device)
-    steps, memory = {}, {}
+    steps, memory, passes = {}, {}, {}
     torch.set_num_threads(thread_counts[0])
     for name, node in nodes.items():
         v = variants[name]
         _reset(v.params, v.start)
         estimator = build(node, "estimator", generator=stream(cfg.seed, "tangents", s.device))
         estimator.bind(v.model)
+        stated = estimator.passes(v.model)
+        passes[name] = dict.fromkeys(PASSES) if stated is None else dict(zip(PASSES, (stated.forward, stated.forward_mode, stated.backward)))
         optimizer = build(cfg.optimizer, "optimizer", params=list(v.params.values()))
         steps[name] = Step(estimator, optimizer, build(cfg.schedule, "schedule", optimizer=optimizer))
         memory[name] = peak_memory_mb(lambda: steps[name](objectives[name], v.params), s.device)  # the warm-up
@@ -179,7 +182,7 @@ def _time_batch(cfg: DictConfig, s, nodes: dict, variants: dict[str, Variant], o
             rows.append({"estimator": name, **fixed, "threads": count, "loss_eval_s": loss_eval,
                          "median_step_s": median, "iqr_step_s": q3 - q1, "R": median / loss_eval,
                          "paper_R": b.paper_R.get(name), "ratio": median / base,
-                         "peak_memory_mb": memory[name]})
+                         "peak_memory_mb": memory[name], **passes[name]})
     return rows
 
 

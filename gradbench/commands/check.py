@@ -65,6 +65,8 @@ def stochastic_rows(name: str, estimator: Estimator, objective: Objective, param
                     truth: Params, samples: list[int]) -> list[dict]:
     """Means of N estimates for each N in `samples` (one stream of max(samples) draws, running
     sum, nothing stored), then the per-estimate RMS relative error and mean cosine."""
+    if estimator.target(objective) is not objective:  # it estimates another gradient (the local guess)
+        truth = reference(estimator.target(objective), params)[1]
     spread = estimator.spread(objective, params, truth)
     t = torch.cat([v.reshape(-1) for v in truth.values()])
     total, sq_rel, cos_sum, rows = torch.zeros_like(t), 0.0, 0.0, []
@@ -134,11 +136,12 @@ def check_job(cfg: DictConfig, run_dir: Path) -> float:
         try:
             estimator = build(node, "estimator", generator=stream(cfg.seed, "tangents", s.device))
             estimator.bind(s.model)
+            params = {k: p.clone() for k, p in s.params.items()}  # its own: replay moves them in place
             if estimator.stochastic:
-                rows += stochastic_rows(name, estimator, objective, s.params, truth, samples)
+                rows += stochastic_rows(name, estimator, objective, params, truth, samples)
             else:
                 tolerance = cfg.check.tolerance.get(name, cfg.check.tolerance.default)
-                rows.append(exact_row(name, estimator, objective, s.params, truth, tolerance))
+                rows.append(exact_row(name, estimator, objective, params, truth, tolerance))
         except ConfigError as e:  # refuses this model (manual on a CNN) or is misconfigured
             rows.append({"estimator": name, "kind": "skipped", "note": str(e)})
         except Exception as e:  # a crash is a failed check; the other estimators still run

@@ -5,6 +5,7 @@ metrics, checkpoint, model.pt, the figures (gradbench.present.plots), summary.js
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import signal
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from gradbench.columns import STEP_COLUMNS, eval_columns
 from gradbench.errors import ConfigError, Interrupted, OccupiedRunDir, WriteFailed
 from gradbench.estimators import Estimator
+from gradbench.estimators.base import Passes
 from gradbench.estimators.probes import GradientProbe
 from gradbench.models import count_parameters
 from gradbench.run import checkpoint, rundir, targets, threads
@@ -66,7 +68,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     optimizer = build(cfg.optimizer, "optimizer", params=list(s.params.values()))
     scheduler = build(cfg.schedule, "schedule", optimizer=optimizer)
     splits = [name for name in cfg.eval_splits if len(s.data.splits[name])]
-    probes = (GradientProbe(),) if cfg.diagnose else ()
+    probes = (GradientProbe(estimator),) if cfg.diagnose else ()
     columns = [*STEP_COLUMNS, *(c for probe in probes for c in probe.columns),
                *eval_columns(splits, s.model.metric_names)]
     metrics_before = None
@@ -97,11 +99,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         except Exception:
             try:  # a resumed run that failed before its next checkpoint: the dir as the command found it
                 if not (resume and rundir.roll_back(run_dir, resume["step"], metrics_before)):
-                    _finish(cfg, config, run_dir, s, result, setup_time, error=traceback.format_exc())
+                    _finish(cfg, config, run_dir, s, result, setup_time, error=traceback.format_exc(),
+                            passes=estimator.passes(s.model))
             except WriteFailed as e:  # a full disk: the first failure is the one to report
                 log.error("%s", e)
             raise
-        _finish(cfg, config, run_dir, s, result, setup_time)
+        _finish(cfg, config, run_dir, s, result, setup_time, passes=estimator.passes(s.model))
         record(run_dir, "finished" if result.stop_reason not in ("diverged", "interrupted") else result.stop_reason)
     log.info("stopped: %s after %d steps (%.3g s training, %.3g s/step mean) → %s",
              stop_text(result), result.steps, result.train_time_s, result.mean_step_time_s, run_dir)
@@ -206,7 +209,7 @@ def _plot(run_dir: Path, initial: dict) -> list[str]:
 
 
 def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Result, setup_time: float,
-            error: str | None = None) -> None:
+            error: str | None = None, passes: Passes | None = None) -> None:
     """model.pt, plots, then summary.json last (atomically): written whatever the stop reason,
     so a summary on disk means every output it lists is there."""
     from hydra.core.hydra_config import HydraConfig
@@ -246,6 +249,8 @@ def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Resu
         "final": result.final,  # a diverged run's accuracy and errors: null (not a result)
         "diverged_at_step": result.diverged_at_step,
         "class_names": s.data.class_names,
+        # what one step costs in passes over the batch (Estimator.passes): the figure that transfers
+        "passes": None if passes is None else {k: float(v) for k, v in dataclasses.asdict(passes).items()},
     }
     if error:
         summary["error"] = error

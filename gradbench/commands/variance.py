@@ -67,8 +67,15 @@ def variance_job(cfg: DictConfig, run_dir: Path) -> None:
         for name in v.estimators:
             estimator = build(options[name], "estimator", generator=stream(cfg.seed, "tangents", s.device))
             estimator.bind(model)
-            spread = estimator.spread(objective, params, truth)
-            errors = torch.tensor([_sq_error(estimator(objective, params)[1], truth) for _ in range(v.samples)])
+            target, true = estimator.target(objective), truth
+            if target is not objective:  # it estimates another gradient (the local guess)
+                mine = {k: p.clone().requires_grad_() for k, p in params.items()}
+                true = dict(zip(params, torch.autograd.grad(target.loss(mine), list(mine.values()))))
+            spread = estimator.spread(objective, params, true)
+            mine = {k: p.clone() for k, p in params.items()}  # its own: replay moves them in place
+            # float64: torch.tensor of Python floats would round them to float32 (1e-7 relative)
+            errors = torch.tensor([_sq_error(estimator(objective, mine)[1], true) for _ in range(v.samples)],
+                                  dtype=torch.float64)
             rows.append({"sweep": sweep, "width": width, "depth": depth, "num_params": count_parameters(params),
                          "estimator": name, "samples": v.samples, "rel_mse": errors.mean().item(),
                          "rel_mse_se": errors.std().item() / math.sqrt(v.samples),

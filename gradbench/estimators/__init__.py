@@ -14,6 +14,10 @@ gradbench.estimators.<Class>`); the training loop calls every estimator the same
     tangents.py           tangent structures and laws, factored estimates, second moments
     manual.py             hand-derived backprop (no autograd)
     finite_difference.py  central differences
+    zeroth_order.py       zeroth-order (SPSA) differences along random directions; MeZO's in-place replay
+    perturbed.py          loss evaluations at rank-1 perturbed weights (no perturbed copy of a weight)
+    seeded.py             directions regenerated from seeds, chunk by chunk (replay), and their estimates
+    local_guess.py        local-guess forward gradient: local-loss gradients scaled by one JVP (Fournier et al. 2023)
     probes.py             diagnostics of an estimate against the true gradient (diagnose=true, check)
 """
 
@@ -23,5 +27,8 @@ from gradbench.estimators.finite_difference import FiniteDifference
 from gradbench.estimators.forward import Forward
 from gradbench.estimators.manual import Manual
 from gradbench.estimators.activities import ForwardActivities
+from gradbench.estimators.zeroth_order import ZerothOrder
+from gradbench.estimators.local_guess import LocalGuess
 
-__all__ = ["Estimator", "Backward", "Forward", "ForwardActivities", "Manual", "FiniteDifference"]
+__all__ = ["Estimator", "Backward", "Forward", "ForwardActivities", "Manual", "FiniteDifference", "ZerothOrder",
+           "LocalGuess"]

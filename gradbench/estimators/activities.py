@@ -44,7 +44,7 @@ from torch.nn.grad import conv2d_weight
 
 from gradbench.errors import ConfigError, choose, require
 from gradbench.estimators import forward_mode
-from gradbench.estimators.base import Estimator, Spread, norm2
+from gradbench.estimators.base import Estimator, Passes, Spread, norm2
 from gradbench.estimators.manual import DERIVATIVES
 from gradbench.estimators.tangents import FOURTH_MOMENT
 from gradbench.models import GroupedLinear, Model, Objective, Params, SpatialMean, grouped_cross_entropy, grouped_linear
@@ -202,6 +202,12 @@ class ForwardActivities(Estimator):
         model, x = objective.model, objective.x
         loss, layers = directional(model, params, x, objective.y, lambda shape: self.draw(shape, x))
         return loss, estimate(model, params, layers)
+
+    def passes(self, model: Model) -> Passes:
+        """One forward pass carrying K tangents per perturbed layer (K forward-mode), then the
+        contraction of the per-example estimates with each layer's input: the weight-gradient
+        half of a backward pass (½)."""
+        return Passes(forward_mode=self.num_tangents, backward=0.5)
 
     def spread(self, objective: Objective, params: Params, truth: Params) -> Spread:
         """E‖g − ∇L‖² / ‖∇L‖² of one estimate, from the per-example δ (module docstring)."""

@@ -31,7 +31,10 @@ class Spread:
 class Passes:
     """What one step costs, in passes over the batch: forward evaluations, forward-mode (JVP)
     passes and backward passes (a local backward through one block counts as the fraction of
-    the network it covers). The count that transfers to another device, where seconds do not."""
+    the network it covers). A forward-mode pass carrying K tangents counts K (its primal is
+    computed once, so it costs less than K separate ones); a pass that only forms weight
+    gradients from given output gradients (FG-A's contraction) counts ½ backward. The count
+    that transfers to another device, where seconds do not."""
 
     forward: float = 0.0
     forward_mode: float = 0.0
@@ -62,6 +65,12 @@ class Estimator:
         """The theory of this estimator's error at the true gradient `truth` (None: exact, or no
         theory); `gradbench check` and the variance sweep print it beside the measurement."""
         return None
+
+    def target(self, objective: Objective) -> Objective:
+        """The objective whose gradient this estimator estimates: `gradbench check`, the
+        variance sweep and diagnose=true compare with its gradient (default: the training
+        objective itself; the local guess: the network's loss, not the local ones)."""
+        return objective
 
     def passes(self, model: Model) -> Passes | None:
         """What one step of this estimator costs on `model` (None: not stated)."""

@@ -7,7 +7,7 @@ from torch import Tensor
 from torch.func import vmap
 
 from gradbench.errors import ConfigError, require
-from gradbench.estimators.base import Estimator
+from gradbench.estimators.base import Estimator, Passes
 from gradbench.models import Model, Objective, Params
 
 
@@ -57,3 +57,7 @@ class FiniteDifference(Estimator):
             flat = torch.cat(slopes).to(first.dtype)
         grads = {k: v.view(p.shape) for (k, p), v in zip(params.items(), flat.split(sizes))}
         return loss.to(first.dtype), grads
+
+    def passes(self, model: Model) -> Passes:
+        """2n + 1 evaluations for n parameters: L(θ) and L(θ ± h e_i) for each i."""
+        return Passes(forward=2 * sum(p.numel() for p in model.parameters()) + 1)

@@ -10,7 +10,7 @@ from torch.func import jvp, vmap
 
 from gradbench.errors import ConfigError, choose, require
 from gradbench.estimators import forward_mode
-from gradbench.estimators.base import Estimator, Spread, norm2
+from gradbench.estimators.base import Estimator, Passes, Spread, norm2
 from gradbench.estimators.tangents import (COMBINES, FOURTH_MOMENT, STRUCTURES, Estimate, Rank1, TangentSampler,
                                            coefficients, estimate, projection_spread, second_moment)
 from gradbench.models import Model, Objective, Params
@@ -95,6 +95,11 @@ class Forward(Estimator):
             return None
         share, variance, cosine = projection_spread(sum(g.numel() for g in truth.values()), k)
         return Spread((1 - share) ** 2, variance, cosine)
+
+
+    def passes(self, model: Model) -> Passes:
+        """One forward-mode pass carrying the K tangents (the primal computed once): K."""
+        return Passes(forward_mode=self.num_tangents)
 
 
 def _dense_normal_cosine(truth: Params) -> float:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from gradbench.errors import ConfigError
-from gradbench.estimators.base import Estimator
+from gradbench.estimators.base import Estimator, Passes
 from gradbench.models import MLP, Model, Objective, Params
 from gradbench.models.toynet import ToyNet
 
@@ -138,3 +138,7 @@ class Manual(Estimator):
         if self._bound is None or self._bound[0] is not model:
             self.bind(model)
         return self._bound[1](model, params, objective.x, objective.y)
+
+    def passes(self, model: Model) -> Passes:
+        """Backprop written out: one forward pass (its activations kept) and one backward pass."""
+        return Passes(forward=1, backward=1)

@@ -27,11 +27,16 @@ def compare(estimate: dict[str, Estimate], truth: Params) -> dict[str, Tensor]:
 
 class GradientProbe:
     """Cosine similarity and relative error of the step's estimate against the true batch
-    gradient (one extra reverse-mode pass at the same parameters, on the same batch)."""
+    gradient (one extra reverse-mode pass at the same parameters, on the same batch) of what
+    the estimator estimates (`Estimator.target`: the training objective unless it says otherwise)."""
 
     columns = ["grad_cosine", "grad_rel_error"]
 
+    def __init__(self, estimator=None) -> None:
+        self.estimator = estimator
+
     def __call__(self, objective: Objective, params: Params, grads: Params) -> dict[str, float]:
-        truth = grad(objective.loss)(params)
+        target = objective if self.estimator is None else self.estimator.target(objective)
+        truth = grad(target.loss)(params)
         stats = compare(grads, truth)
         return {"grad_cosine": stats["cosine"].item(), "grad_rel_error": stats["rel_error"].item()}

@@ -59,12 +59,14 @@ class LowRank:
 
 
 Tangent = Tensor | Rank1  # one parameter's K tangents
-Estimate = Tensor | LowRank  # one parameter's gradient estimate
+Estimate = Tensor | LowRank  # one parameter's gradient estimate (or a seeded.Seeded: any object
+# with dense() and add_to(p, alpha) is a factored estimate the optimizer can apply)
 
 
 def dense(g: Estimate) -> Tensor:
-    """An estimate as a dense tensor of its parameter's shape."""
-    return g.dense() if isinstance(g, LowRank) else g
+    """An estimate as a dense tensor of its parameter's shape (a factored one, LowRank or
+    gradbench.estimators.seeded.Seeded, formed by its own `dense`)."""
+    return g if isinstance(g, Tensor) else g.dense()
 
 
 def densify(grads: dict[str, Estimate]) -> Params:

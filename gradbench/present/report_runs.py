@@ -218,6 +218,8 @@ def run_values(run: Run, target: Target | None) -> dict[str, float]:
     """One run's numbers: final metrics per split, best val metrics, steps, times, steps to target."""
     s, m = run.summary, run.metrics
     values = {key: _num(s.get(key)) for key in ("steps", "mean_step_time_s", "train_time_s")}
+    for kind, count in (s.get("passes") or {}).items():  # what a step costs (Estimator.passes)
+        values[f"passes_{kind}"] = _num(count)
     for split, metrics in (s.get("final") or {}).items():
         values.update({f"{split}_{name}": _num(v) for name, v in metrics.items()})
     if "val_loss" in m:
@@ -256,7 +258,7 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
         names += [c for c in frame.columns if c.startswith(f"{split}_") and c not in ("train_time_s",)]
         if split == "val":
             names += ["best_val_loss", "best_val_accuracy"]
-    names += ["mean_step_time_s", "train_time_s"]
+    names += ["mean_step_time_s", "train_time_s", "passes_forward", "passes_forward_mode", "passes_backward"]
     return [c for c in names if c in frame]
 
 

@@ -77,6 +77,11 @@ RULES: dict[str, Rule] = {
     "estimator.num_tangents": (lambda v, c: v >= 1, "must be >= 1"),
     "estimator.step": (lambda v, c: v > 0, "must be > 0"),
     "estimator.chunk": (lambda v, c: v >= 1, "must be >= 1"),
+    "estimator.num_queries": (lambda v, c: is_int(v) and v >= 1, "must be an integer >= 1"),
+    "estimator.epsilon": (lambda v, c: is_number(v) and v > 0, "must be a number > 0"),
+    "estimator.difference": (lambda v, c: v in ("central", "forward"), "must be one of central | forward"),
+    "estimator.law": (lambda v, c: v in ("normal", "rademacher"), "must be one of normal | rademacher"),
+    "estimator.scaling": (lambda v, c: v in ("network", "block"), "must be one of network | block"),
     # an empty list would time nothing; bench used to fall back to the run's batch size silently
     "bench.batch_sizes": (lambda v, c: len(v) >= 1 and all(s is None or (is_int(s) and s >= 1) for s in v),
                           "must be a non-empty list of positive batch sizes or null (the run's batch_size)"),
