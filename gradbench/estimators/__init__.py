@@ -14,6 +14,8 @@ gradbench.estimators.<Class>`); the training loop calls every estimator the same
     tangents.py           tangent structures and laws, factored estimates, second moments
     manual.py             hand-derived backprop (no autograd)
     finite_difference.py  central differences
+    feedback.py           feedback alignment (FA) and direct feedback alignment (DFA): fixed random feedback
+    memory_backprop.py    backprop at matched memory: activation checkpointing, gradient accumulation
     probes.py             diagnostics of an estimate against the true gradient (diagnose=true, check)
 """
 
@@ -23,5 +25,8 @@ from gradbench.estimators.finite_difference import FiniteDifference
 from gradbench.estimators.forward import Forward
 from gradbench.estimators.manual import Manual
 from gradbench.estimators.activities import ForwardActivities
+from gradbench.estimators.feedback import DirectFeedbackAlignment, FeedbackAlignment
+from gradbench.estimators.memory_backprop import BackwardAccumulate, BackwardCheckpoint
 
-__all__ = ["Estimator", "Backward", "Forward", "ForwardActivities", "Manual", "FiniteDifference"]
+__all__ = ["Estimator", "Backward", "Forward", "ForwardActivities", "Manual", "FiniteDifference",
+           "FeedbackAlignment", "DirectFeedbackAlignment", "BackwardCheckpoint", "BackwardAccumulate"]
