@@ -18,7 +18,10 @@ one untimed warm-up. Reported per estimator and batch size:
 - ratio: the median over the first estimator's median (the figure to quote);
 - peak memory of one step above what was resident (data, parameters), the estimator's own
   buffers included: CUDA max_memory_allocated on a GPU; on the CPU the running sum of the
-  profiler's allocation and free events, whose maximum is the peak.
+  profiler's allocation and free events, whose maximum is the peak;
+- memory_ratio: that peak over the peak of one forward-only evaluation of the loss on the same
+  batch (under torch.no_grad, the run's own model; eval_memory_mb, measured the same way): the
+  memory a method needs beyond inference (1 = an evaluation's).
 The thread count and device are recorded with every row.
 """
 
@@ -49,7 +52,7 @@ from gradbench.run.threads import background_load
 from gradbench.run.train import Step, synchroniser
 
 COLUMNS = ["estimator", "batch_size", "device", "threads", "load", "auto_threads", "forward_flops", "num_params", "layers", "loss_eval_s", "median_step_s",
-           "iqr_step_s", "R", "paper_R", "ratio", "peak_memory_mb"]
+           "iqr_step_s", "R", "paper_R", "ratio", "peak_memory_mb", "eval_memory_mb", "memory_ratio"]
 
 
 def bench_job(cfg: DictConfig, run_dir: Path) -> None:
@@ -151,6 +154,8 @@ def _time_batch(cfg: DictConfig, s, nodes: dict, variants: dict[str, Variant], o
         optimizer = build(cfg.optimizer, "optimizer", params=list(v.params.values()))
         steps[name] = Step(estimator, optimizer, build(cfg.schedule, "schedule", optimizer=optimizer))
         memory[name] = peak_memory_mb(lambda: steps[name](objectives[name], v.params), s.device)  # the warm-up
+    with torch.no_grad():  # the denominator of memory_ratio: one forward-only evaluation of the same batch
+        eval_memory = peak_memory_mb(lambda: objective.loss(s.params), s.device)
     times: dict[tuple, list[float]] = {(name, t): [] for t in thread_counts for name in ["loss", *steps]}
     for _ in range(b.rounds):
         for name, step in [("loss", None), *steps.items()]:
@@ -179,7 +184,8 @@ def _time_batch(cfg: DictConfig, s, nodes: dict, variants: dict[str, Variant], o
             rows.append({"estimator": name, **fixed, "threads": count, "loss_eval_s": loss_eval,
                          "median_step_s": median, "iqr_step_s": q3 - q1, "R": median / loss_eval,
                          "paper_R": b.paper_R.get(name), "ratio": median / base,
-                         "peak_memory_mb": memory[name]})
+                         "peak_memory_mb": memory[name], "eval_memory_mb": eval_memory,
+                         "memory_ratio": memory[name] / eval_memory if eval_memory > 0 else math.nan})
     return rows
 
 

@@ -43,7 +43,9 @@ def load(root: Path) -> pd.DataFrame:
         frames.append(frame)
     if not frames:
         raise SystemExit(f"gradbench bench-report: error: no bench.csv under {root}")
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
+    # a bench.csv from before a column was added: that column empty, not a KeyError
+    return frame.reindex(columns=["run", *COLUMNS, *(c for c in frame.columns if c not in COLUMNS and c != "run")])
 
 
 def markdown(frame: pd.DataFrame) -> str:
