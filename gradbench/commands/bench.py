@@ -103,7 +103,8 @@ def bench_job(cfg: DictConfig, run_dir: Path) -> None:
     counts = ", ".join(str(t) for t in dict.fromkeys(r["threads"] for r in rows))
     print(f"{s.device}, {counts} thread(s), {b.load} background CPU-bound process(es), {b.rounds} rounds × "
           f"{b.steps} steps each; R = step / loss evaluation (the paper's R_f, R_b); ratio = median / "
-          f"{b.estimators[0]}'s median (same batch and threads); peak memory = {MEMORY_METHOD[s.device.type == 'cuda']}")
+          f"{b.estimators[0]}'s median (same batch and threads); peak memory = {MEMORY_METHOD[s.device.type == 'cuda']}; "
+          f"memory_ratio = peak / a forward-only evaluation's peak (no_grad, same batch)")
     print(format_table(rows))
     print(f"→ {run_dir / 'bench.csv'}")
 
