@@ -15,7 +15,9 @@ made against these (Panchal et al. 2025, arXiv 2506.21833):
   (sizes differing by at most one), one forward and backward per part, the gradients summed
   with weights n_i / n. The objective is a mean over examples (plus a penalty that does not
   depend on them), so Σ (n_i/n) ∇L_i = ∇L: the full-batch gradient, to rounding. Peak memory
-  is one micro-batch's activations.
+  is one micro-batch's activations, the gradient buffer, and one layer's gradient on its way
+  into it (backward() accumulates in place): below backprop's where activations dominate
+  (large batches), above it by that one layer where the gradient does (small ones).
 
 Both give backprop's gradient to float rounding: the same products, summed in another order
 (accumulation) or recomputed bit for bit (checkpointing).
@@ -115,16 +117,16 @@ class BackwardAccumulate(Estimator):
             xs = torch.tensor_split(x, min(self.micro_batches, n))
             ys = torch.tensor_split(y, len(xs)) if y is not None else [None] * len(xs)
             parts = [(a, b, len(a) / n) for a, b in zip(xs, ys)]
-        total = {k: torch.zeros_like(p) for k, p in params.items()}
-        loss = torch.zeros((), dtype=next(iter(params.values())).dtype, device=next(iter(params.values())).device)
+        loss = 0.0
         with torch.enable_grad():
             for part_x, part_y, weight in parts:
-                part_loss = objective.model.objective(leaves, part_x, part_y)
-                for (k, g) in zip(params, torch.autograd.grad(part_loss, list(leaves.values()), allow_unused=True)):
-                    if g is not None:
-                        total[k].add_(g, alpha=weight)
-                loss = loss + weight * part_loss.detach()
-        return loss, total
+                # backward() adds each part's gradient into the leaves' .grad in place, one layer
+                # at a time: one gradient buffer in memory, as backprop's, not an accumulator
+                # beside each part's gradient (torch.autograd.grad would return new tensors)
+                part_loss = weight * objective.model.objective(leaves, part_x, part_y)
+                part_loss.backward()
+                loss = loss + part_loss.detach()
+        return loss, {k: torch.zeros_like(p) if leaves[k].grad is None else leaves[k].grad for k, p in params.items()}
 
     def passes(self, model: Model) -> Passes:
         return Passes(forward=1, backward=1)  # the same passes over the batch, in parts
