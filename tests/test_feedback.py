@@ -257,7 +257,7 @@ def test_variance_covers_the_new_estimators(runner):
     assert biased["theory"].isna().all()
 
 
-@pytest.mark.slow  # ~1 min: a real kill -9 in the middle of a DFA run, then resume=RUN_DIR
+@pytest.mark.slow  # ~1.5 min on 2 busy cores: a real kill -9 in the middle of a DFA run, then resume=RUN_DIR
 def test_dfa_survives_kill_9_and_resumes_bit_identical(tmp_path):
     from test_faults import start, wait_for, wait_for_rows
 

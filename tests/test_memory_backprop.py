@@ -107,7 +107,7 @@ def test_accumulation_works_on_local_losses_too():
 def test_both_train_through_the_cli_like_backprop(runner):
     common = ["model.hidden=[8,8]", "batch_size=16", "max_steps=5", "device=cpu", "plot=false", "log_every_s=1000",
               "eval_every=5"]
-    for est in ("backward", "backward_checkpoint estimator.segments=per_block",
+    for est in ("backward", "backward_checkpoint estimator.segments=2",
                 "backward_accumulate estimator.micro_batches=3"):
         name, *extra = est.split()
         runner("train", f"estimator={name}", *extra, *common)
