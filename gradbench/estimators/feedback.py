@@ -13,8 +13,8 @@
   their whole feature map is the "hidden output" (Nøkland's convolutional DFA).
 
 Both are biased by design (E g ≠ ∇L; no closed-form error: `spread` is None, `gradbench check`
-prints the measured cosine with ∇L). B is drawn once, in `bind`, from the estimator's seeded
-generator (the run's "tangents" stream, which FA/DFA use for nothing else), each entry
+prints the measured cosine with ∇L). B is drawn once (FA: in `bind`; DFA: at its first call,
+where the hidden outputs' sizes are known) from the estimator's seeded generator (the run's "tangents" stream, which FA/DFA use for nothing else), each entry
 U(−1/√fan_in, 1/√fan_in): the scale of PyTorch's default init of the weight it replaces
 (fan_in of B_l: W_l's input size for FA, the number of classes for DFA). `state_dict` hands
 the matrices to the checkpoint, `load_state_dict` restores them: a resumed run continues
@@ -103,7 +103,7 @@ def draw(shape: tuple[int, ...], fan_in: int, like: Tensor, generator: torch.Gen
 
 
 class _Feedback(Estimator):
-    """Shared: the fixed matrices (drawn in `bind`, one per name), their checkpoint round trip."""
+    """Shared: the fixed matrices (one per layer prefix), their checkpoint round trip."""
 
     biased = True  # a deterministic estimate that is not ∇L: `gradbench check` shows its cosine, no verdict
     method = ""
@@ -162,13 +162,8 @@ def run(stages, params: Params, h: Tensor, feedback: dict[str, Tensor]) -> Tenso
                 h = _FALinear.apply(h, w, b, fb)
             else:
                 h = _FAConv2d.apply(h, w, b, fb, (module.stride, module.padding, module.dilation, module.groups))
-        elif isinstance(module, nn.Linear):
-            h = F.linear(h, params[f"{prefix}.weight"], params.get(f"{prefix}.bias"))
-        elif isinstance(module, nn.Conv2d):
-            h = F.conv2d(h, params[f"{prefix}.weight"], params.get(f"{prefix}.bias"), module.stride,
-                         module.padding, module.dilation, module.groups)
         else:
-            h = module(h)
+            h = _apply(module, prefix, params, h)
     return h
 
 
