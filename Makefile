@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow test-all clean reports bench threads test-functions fwd-vs-bwd paper-mnist fg-family variance five-models toy-backprop gd-vs-nag cifar-search depth
+.PHONY: help setup run test test-slow test-all clean reports bench threads test-functions fwd-vs-bwd paper-mnist fg-family variance five-models toy-backprop gd-vs-nag cifar-search depth bench-depth
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -49,7 +49,7 @@ NEED_DATA  = $(GRADBENCH) data hydra.run.dir=$(REPORTS)/$(1)/data $(2)
 # The development machines keep real MNIST in ../shared/data; elsewhere the data root is
 # $$GRADBENCH_DATA or gradbench's default (~/.cache/gradbench), where torchvision downloads it.
 # Only the targets that train or time on real data look there; `make test` never does.
-bench threads reports fwd-vs-bwd paper-mnist fg-family five-models cifar-search depth: \
+bench bench-depth threads reports fwd-vs-bwd paper-mnist fg-family five-models cifar-search depth: \
   export GRADBENCH_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data))
 
 # The README's images live in outputs/figures/ (kept in git); the targets regenerate them.
@@ -59,7 +59,7 @@ FIGSTYLE := --style paper --width page  # the README's figures: the paper style,
 bench: setup ## speed and peak memory per step of every estimator (paper MLP/CNN, report 000, K tangents, the forward-gradient family, scaling) → outputs/reports/bench/
 	$(GRADBENCH) bench +benchmark=penguins_mlp hydra.run.dir=$(BENCH)/penguins_mlp $(ARGS)
 	@if $(call NEED_DATA,bench,dataset=mnist) >/dev/null 2>&1; then \
-	  for b in paper_mlp paper_cnn r000_cnn tangents fg_family scaling_batch; do \
+	  for b in paper_mlp paper_cnn r000_cnn tangents fg_family backprop_free scaling_batch; do \
 	    $(GRADBENCH) bench +benchmark=$$b hydra.run.dir=$(BENCH)/$$b $(ARGS) || exit 1; done; \
 	  for b in scaling_width scaling_depth; do \
 	    $(GRADBENCH) bench -m +benchmark=$$b hydra.sweep.dir=$(BENCH)/$$b $(ARGS) || exit 1; done; \
@@ -70,6 +70,14 @@ bench: setup ## speed and peak memory per step of every estimator (paper MLP/CNN
 	  cp $(BENCH)/scaling_depth/scaling_layers.png $(FIGURES)/bench_depth.png; \
 	else echo "MNIST not in the data root: only the penguins benchmark ran (\`gradbench data dataset=mnist\` says why)"; fi
 	$(GRADBENCH) bench-report $(BENCH)
+
+# README's bench_depth.png alone: peak memory and step time against depth for every family
+# (conf/benchmark/scaling_depth.yaml), the sweep then the figure; `make bench` runs it too.
+bench-depth: setup ## the memory-against-depth figure alone (every family; MLP width 1024, 2-16 hidden layers) → outputs/figures/bench_depth.png
+	$(call NEED_DATA,bench,dataset=mnist)
+	$(GRADBENCH) bench -m +benchmark=scaling_depth hydra.sweep.dir=$(BENCH)/scaling_depth $(ARGS)
+	$(GRADBENCH) bench-report $(BENCH)/scaling_depth --x layers $(FIGSTYLE) >/dev/null
+	mkdir -p $(FIGURES) && cp $(BENCH)/scaling_depth/scaling_layers.png $(FIGURES)/bench_depth.png
 
 # README "Threads": each workload at 1 thread and at torch's default (all cores), idle and beside
 # one CPU-bound process; `bench-report --threads` tabulates them with what `threads=auto` picks.

@@ -18,7 +18,10 @@ one untimed warm-up. Reported per estimator and batch size:
 - ratio: the median over the first estimator's median (the figure to quote);
 - peak memory of one step above what was resident (data, parameters), the estimator's own
   buffers included: CUDA max_memory_allocated on a GPU; on the CPU the running sum of the
-  profiler's allocation and free events, whose maximum is the peak.
+  profiler's allocation and free events, whose maximum is the peak;
+- memory_ratio: that peak over the peak of one forward-only evaluation of the loss on the same
+  batch (under torch.no_grad, the run's own model; eval_memory_mb, measured the same way): the
+  memory a method needs beyond inference (1 = an evaluation's).
 The thread count and device are recorded with every row.
 """
 
@@ -50,7 +53,7 @@ from gradbench.run.train import Step, synchroniser
 
 PASSES = ["passes_forward", "passes_forward_mode", "passes_backward"]  # Estimator.passes: empty where not stated
 COLUMNS = ["estimator", "batch_size", "device", "threads", "load", "auto_threads", "forward_flops", "num_params", "layers", "loss_eval_s", "median_step_s",
-           "iqr_step_s", "R", "paper_R", "ratio", "peak_memory_mb", *PASSES]
+           "iqr_step_s", "R", "paper_R", "ratio", "peak_memory_mb", "eval_memory_mb", "memory_ratio", *PASSES]
 
 
 def bench_job(cfg: DictConfig, run_dir: Path) -> None:
@@ -101,7 +104,8 @@ def bench_job(cfg: DictConfig, run_dir: Path) -> None:
     counts = ", ".join(str(t) for t in dict.fromkeys(r["threads"] for r in rows))
     print(f"{s.device}, {counts} thread(s), {b.load} background CPU-bound process(es), {b.rounds} rounds × "
           f"{b.steps} steps each; R = step / loss evaluation (the paper's R_f, R_b); ratio = median / "
-          f"{b.estimators[0]}'s median (same batch and threads); peak memory = {MEMORY_METHOD[s.device.type == 'cuda']}")
+          f"{b.estimators[0]}'s median (same batch and threads); peak memory = {MEMORY_METHOD[s.device.type == 'cuda']}; "
+          f"memory_ratio = peak / a forward-only evaluation's peak (no_grad, same batch)")
     print(format_table(rows))
     print(f"→ {run_dir / 'bench.csv'}")
 
@@ -154,6 +158,8 @@ def _time_batch(cfg: DictConfig, s, nodes: dict, variants: dict[str, Variant], o
         optimizer = build(cfg.optimizer, "optimizer", params=list(v.params.values()))
         steps[name] = Step(estimator, optimizer, build(cfg.schedule, "schedule", optimizer=optimizer))
         memory[name] = peak_memory_mb(lambda: steps[name](objectives[name], v.params), s.device)  # the warm-up
+    with torch.no_grad():  # the denominator of memory_ratio: one forward-only evaluation of the same batch
+        eval_memory = peak_memory_mb(lambda: objective.loss(s.params), s.device)
     times: dict[tuple, list[float]] = {(name, t): [] for t in thread_counts for name in ["loss", *steps]}
     for _ in range(b.rounds):
         for name, step in [("loss", None), *steps.items()]:
@@ -182,7 +188,9 @@ def _time_batch(cfg: DictConfig, s, nodes: dict, variants: dict[str, Variant], o
             rows.append({"estimator": name, **fixed, "threads": count, "loss_eval_s": loss_eval,
                          "median_step_s": median, "iqr_step_s": q3 - q1, "R": median / loss_eval,
                          "paper_R": b.paper_R.get(name), "ratio": median / base,
-                         "peak_memory_mb": memory[name], **passes[name]})
+                         "peak_memory_mb": memory[name], "eval_memory_mb": eval_memory,
+                         "memory_ratio": memory[name] / eval_memory if eval_memory > 0 else math.nan,
+                         **passes[name]})
     return rows
 
 

@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter, NullLocator
 from gradbench.present import names
 from gradbench.run import files
 from gradbench.commands.bench import COLUMNS, format_table
-from gradbench.present.figstyle import Look, add_arguments, look_of
+from gradbench.present.figstyle import PALETTE, Look, add_arguments, legend, look_of
 
 AXES = {"batch_size": "batch size", "num_params": "parameters", "layers": "depth (weight layers)"}
 
@@ -47,7 +47,9 @@ def load(root: Path) -> pd.DataFrame:
         frames.append(frame)
     if not frames:
         raise SystemExit(f"gradbench bench-report: error: no bench.csv under {root}")
-    return pd.concat(frames, ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
+    # a bench.csv from before a column was added: that column empty, not a KeyError
+    return frame.reindex(columns=["run", *COLUMNS, *(c for c in frame.columns if c not in COLUMNS and c != "run")])
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -92,16 +94,25 @@ def plot(frame: pd.DataFrame, x: str, stem: Path, look: Look = Look()) -> list[P
         return _plot(frame, x, stem, look)
 
 
+MARKERS = "os^DvP*Xh<>p"  # with the palette's 8 colours: every family of the field tells apart
+
+
 def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
     fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=look.size((11, 4.2)))
-    for estimator, rows in frame.groupby("estimator", sort=False):
+    for i, (estimator, rows) in enumerate(frame.groupby("estimator", sort=False)):
         rows = rows.groupby(x).median(numeric_only=True).sort_index()
         estimator = names.option("estimator", estimator)
-        line, = time_ax.plot(rows.index, rows["median_step_s"] * 1e3, marker="o", label=estimator)
+        # past the palette's colours, the marker and dashes tell the lines apart
+        style = {"marker": MARKERS[i % len(MARKERS)], "ls": "-" if i < len(PALETTE) else "--",
+                 "color": PALETTE[i % len(PALETTE)]}
+        line, = time_ax.plot(rows.index, rows["median_step_s"] * 1e3, label=estimator, **style)
         time_ax.fill_between(rows.index, (rows["median_step_s"] - rows["iqr_step_s"] / 2) * 1e3,
                              (rows["median_step_s"] + rows["iqr_step_s"] / 2) * 1e3,
                              color=line.get_color(), alpha=0.2)
-        memory_ax.plot(rows.index, rows["peak_memory_mb"], marker="o", label=estimator)
+        memory_ax.plot(rows.index, rows["peak_memory_mb"], label=estimator, **style)
+    evaluation = frame.groupby(x)["eval_memory_mb"].median().dropna().sort_index()
+    if len(evaluation):  # where inference's memory sits: what backprop-free methods are measured against
+        memory_ax.plot(evaluation.index, evaluation, color="grey", ls="-.", lw=1.5, label="forward-only evaluation")
     threads = ", ".join(str(t) for t in sorted(frame["threads"].unique()))
     for ax, label in ((time_ax, "median step time (ms)"), (memory_ax, "peak memory per step (MiB)")):
         ax.set(xscale="log", yscale="log", xlabel=AXES[x], ylabel=label)
@@ -109,7 +120,8 @@ def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
         ax.xaxis.set_major_formatter(FuncFormatter(_tick))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+    handles = memory_ax.get_legend_handles_labels()[0]
+    legend(fig, memory_ax, look, handles, long=len(handles) > 4)
     if look.titles:
         fig.suptitle(f"Estimate + update (one step) against {AXES[x]}; {threads} threads, {frame['device'].iloc[0]}")
     fig.tight_layout()

@@ -12,6 +12,8 @@ is then compared with it:
   estimates for each N of `check.samples`, next to what theory expects (the estimator's
   `spread`: sqrt(bias² + variance/N), relative to ‖∇L‖), and per single estimate the RMS
   relative error and the mean cosine similarity (with its expectation where one is known).
+- biased ones by design (feedback_alignment, direct_feedback_alignment: `Estimator.biased`):
+  their relative error and cosine with ∇L, measured, no verdict (no theory gives them);
 An estimator that refuses the model (manual on a CNN) is listed as skipped. The table is
 printed and written to check.csv, the reference to grads.json; if a deterministic estimator
 disagrees, the command exits with status 1 (after writing both).
@@ -39,7 +41,7 @@ from gradbench.estimators.tangents import densify
 log = logging.getLogger(__name__)
 COLUMNS = ["estimator", "kind", "N", "max_abs_diff", "rel_error", "expected_rel_error",
            "cosine", "expected_cosine", "tolerance", "verdict", "note"]
-ORDER = {"exact": 0, "crashed": 0, "skipped": 1, "mean of N": 2, "each": 2}
+ORDER = {"exact": 0, "crashed": 0, "skipped": 1, "biased": 2, "mean of N": 2, "each": 2}
 
 
 def reference(objective: Objective, params: Params) -> tuple[torch.Tensor, Params]:
@@ -59,6 +61,15 @@ def exact_row(name: str, estimator: Estimator, objective: Objective, params: Par
     worst = max(truth, key=lambda k: (grads[k] - truth[k]).abs().max().item())
     ok = stats["rel_error"] <= tolerance  # NaN fails too
     return {**row, **stats, "verdict": "pass" if ok else "FAIL", "note": f"largest diff in {worst}"}
+
+
+def biased_row(name: str, estimator: Estimator, objective: Objective, params: Params, truth: Params) -> dict:
+    """A deterministic estimator that is not ∇L by design (feedback alignment): how far it is
+    (relative error, cosine) is the measurement; there is no theory and no verdict."""
+    _, grads = estimator(objective, params)
+    stats = {k: v.item() for k, v in compare(grads, truth).items()}
+    return {"estimator": name, "kind": "biased", "N": 1, **stats, "verdict": "-",
+            "note": "biased by design: cosine with ∇L measured; no theory"}
 
 
 def stochastic_rows(name: str, estimator: Estimator, objective: Objective, params: Params,
@@ -137,7 +148,9 @@ def check_job(cfg: DictConfig, run_dir: Path) -> float:
             estimator = build(node, "estimator", generator=stream(cfg.seed, "tangents", s.device))
             estimator.bind(s.model)
             params = {k: p.clone() for k, p in s.params.items()}  # its own: replay moves them in place
-            if estimator.stochastic:
+            if getattr(estimator, "biased", False):
+                rows.append(biased_row(name, estimator, objective, params, truth))
+            elif estimator.stochastic:
                 rows += stochastic_rows(name, estimator, objective, params, truth, samples)
             else:
                 tolerance = cfg.check.tolerance.get(name, cfg.check.tolerance.default)

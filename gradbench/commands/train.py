@@ -100,11 +100,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
             try:  # a resumed run that failed before its next checkpoint: the dir as the command found it
                 if not (resume and rundir.roll_back(run_dir, resume["step"], metrics_before)):
                     _finish(cfg, config, run_dir, s, result, setup_time, error=traceback.format_exc(),
-                            passes=estimator.passes(s.model))
+                            passes=estimator.passes(s.model), estimator_state=list(estimator.state_dict()))
             except WriteFailed as e:  # a full disk: the first failure is the one to report
                 log.error("%s", e)
             raise
-        _finish(cfg, config, run_dir, s, result, setup_time, passes=estimator.passes(s.model))
+        _finish(cfg, config, run_dir, s, result, setup_time, passes=estimator.passes(s.model),
+                estimator_state=list(estimator.state_dict()))
         record(run_dir, "finished" if result.stop_reason not in ("diverged", "interrupted") else result.stop_reason)
     log.info("stopped: %s after %d steps (%.3g s training, %.3g s/step mean) → %s",
              stop_text(result), result.steps, result.train_time_s, result.mean_step_time_s, run_dir)
@@ -209,7 +210,7 @@ def _plot(run_dir: Path, initial: dict) -> list[str]:
 
 
 def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Result, setup_time: float,
-            error: str | None = None, passes: Passes | None = None) -> None:
+            error: str | None = None, passes: Passes | None = None, estimator_state: list[str] = ()) -> None:
     """model.pt, plots, then summary.json last (atomically): written whatever the stop reason,
     so a summary on disk means every output it lists is there."""
     from hydra.core.hydra_config import HydraConfig
@@ -221,7 +222,10 @@ def _finish(cfg: DictConfig, config: dict, run_dir: Path, s: Setup, result: Resu
         model = {"state_dict": s.model.state_dict(), "model": config["model"],
                  "config": config, "dtype": cfg.dtype, "input_shape": list(s.data.input_shape),
                  "num_classes": s.data.num_classes, "class_names": s.data.class_names,
-                 "preprocessing": s.data.preprocessing}
+                 "preprocessing": s.data.preprocessing,
+                 # the estimator's own tensors (FA / DFA's feedback matrices): training state, kept in
+                 # checkpoint.pt, not part of the model (not in state_dict, not needed to evaluate it)
+                 "not_part_of_model": [f"checkpoint.pt:estimator.{k}" for k in estimator_state]}
         atomic_write(run_dir / "model.pt", lambda f: torch.save(model, f), binary=True)
         outputs.append("model.pt")
     if cfg.plot and result.steps:

@@ -18,6 +18,8 @@ gradbench.estimators.<Class>`); the training loop calls every estimator the same
     perturbed.py          loss evaluations at rank-1 perturbed weights (no perturbed copy of a weight)
     seeded.py             directions regenerated from seeds, chunk by chunk (replay), and their estimates
     local_guess.py        local-guess forward gradient: local-loss gradients scaled by one JVP (Fournier et al. 2023)
+    feedback.py           feedback alignment (FA) and direct feedback alignment (DFA): fixed random feedback
+    memory_backprop.py    backprop at matched memory: activation checkpointing, gradient accumulation
     probes.py             diagnostics of an estimate against the true gradient (diagnose=true, check)
 """
 
@@ -30,5 +32,8 @@ from gradbench.estimators.activities import ForwardActivities
 from gradbench.estimators.zeroth_order import ZerothOrder
 from gradbench.estimators.local_guess import LocalGuess
 
+from gradbench.estimators.feedback import DirectFeedbackAlignment, FeedbackAlignment
+from gradbench.estimators.memory_backprop import BackwardAccumulate, BackwardCheckpoint
+
 __all__ = ["Estimator", "Backward", "Forward", "ForwardActivities", "Manual", "FiniteDifference", "ZerothOrder",
-           "LocalGuess"]
+           "LocalGuess", "FeedbackAlignment", "DirectFeedbackAlignment", "BackwardCheckpoint", "BackwardAccumulate"]

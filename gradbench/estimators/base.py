@@ -76,6 +76,16 @@ class Estimator:
         """What one step of this estimator costs on `model` (None: not stated)."""
         return None
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """State a resumed run must continue with that the seeded generator cannot redraw
+        (FA / DFA's fixed feedback matrices): stored in checkpoint.pt, not in model.pt."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore `state_dict()` from a checkpoint (ValueError: it does not fit this estimator)."""
+        if state:
+            raise ValueError(f"this estimator keeps no state, the checkpoint has {sorted(state)}")
+
     def warm_up(self, objective: Objective, params: Params) -> None:
         """One untimed call (first-call tracing and allocation), leaving the tangent stream as
         it was: the timed steps and their random draws are the same with or without it."""

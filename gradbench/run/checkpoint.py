@@ -1,9 +1,10 @@
 """Checkpoints, and the comparison of a run dir's stored config with a job's.
 
-    checkpoint.pt = {step, params, optimizer, scheduler, tangents, batches, result, config}
+    checkpoint.pt = {step, params, optimizer, scheduler, tangents, batches, result, config[, estimator]}
 
 Everything a run needs to continue exactly where it stopped: parameters, optimizer and
-scheduler state, the tangent and batch-order generators, the step counters, times and last
+scheduler state, the tangent and batch-order generators, the estimator's own state (FA / DFA's
+fixed feedback matrices: `Estimator.state_dict`; optional, older checkpoints lack it), the step counters, times and last
 evaluation, and the resolved config it was trained with. Written atomically (temp file and
 rename), so a kill during the write leaves the previous checkpoint whole.
 """

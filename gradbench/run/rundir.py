@@ -108,6 +108,7 @@ def check_state(path: Path, state: dict, params: dict, optimizer, scheduler, est
         scheduler.load_state_dict(state["scheduler"])
         if state["tangents"] is not None and estimator.generator is not None:
             estimator.generator.set_state(state["tangents"])
+        estimator.load_state_dict(state.get("estimator") or {})
         result_type(**state["result"])
     except Exception as e:
         raise OccupiedRunDir(f"{path}: its optimizer, scheduler or counters do not load "

@@ -260,6 +260,7 @@ def _state(params: Params, timed_step: Step, order, result: Result) -> dict:
             "optimizer": timed_step.optimizer.state_dict(), "scheduler": timed_step.scheduler.state_dict(),
             "tangents": generator.get_state() if generator is not None else None,
             "batches": order.state_dict(),
+            "estimator": timed_step.estimator.state_dict(),  # FA/DFA's fixed matrices; {} for most
             "result": {k: getattr(result, k) for k in ("steps", "train_time_s", "wall_time_s", "step_times",
                                                         "initial", "final")}}
 
@@ -273,6 +274,7 @@ def _restore(state: dict, params: Params, timed_step: Step, order) -> Result:
     if state["tangents"] is not None:
         timed_step.estimator.generator.set_state(state["tangents"])
     order.load_state_dict(state["batches"])
+    timed_step.estimator.load_state_dict(state.get("estimator") or {})  # absent in older checkpoints
     return Result(**state["result"])
 
 

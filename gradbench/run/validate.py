@@ -82,6 +82,9 @@ RULES: dict[str, Rule] = {
     "estimator.difference": (lambda v, c: v in ("central", "forward"), "must be one of central | forward"),
     "estimator.law": (lambda v, c: v in ("normal", "rademacher"), "must be one of normal | rademacher"),
     "estimator.scaling": (lambda v, c: v in ("network", "block"), "must be one of network | block"),
+    "estimator.segments": (lambda v, c: v in ("sqrt", "per_block") or (is_int(v) and v >= 1),
+                           "must be sqrt | per_block or an integer >= 1"),
+    "estimator.micro_batches": (lambda v, c: is_int(v) and v >= 1, "must be an integer >= 1"),
     # an empty list would time nothing; bench used to fall back to the run's batch size silently
     "bench.batch_sizes": (lambda v, c: len(v) >= 1 and all(s is None or (is_int(s) and s >= 1) for s in v),
                           "must be a non-empty list of positive batch sizes or null (the run's batch_size)"),
@@ -90,7 +93,7 @@ RULES: dict[str, Rule] = {
     "dataset.val_fraction": (lambda v, c: 0 <= v < 1, "must be in [0, 1)"),
     "dataset.test_fraction": (lambda v, c: 0 <= v < 1, "must be in [0, 1)"),
 }
-TYPED_BY_RULE = ("dataset.val_size", "threads")  # more than one type: the rule says which
+TYPED_BY_RULE = ("dataset.val_size", "threads", "estimator.segments")  # more than one type: the rule says which
 TYPES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
 
