@@ -43,6 +43,39 @@ def register_resolvers() -> None:
     # conf/hydra/help/*.yaml: a command's own keys, with their comments, as conf/config.yaml has them
     # ($ doubled: Hydra fills the help template with string.Template)
     OmegaConf.register_new_resolver("gradbench_keys", lambda key: config_block(key).replace("$", "$$"), replace=True)
+    # conf/hydra/help/train.yaml: the groups, those of the defaults list apart from those added with +
+    OmegaConf.register_new_resolver("gradbench_groups", lambda: config_groups(given_config_dir(sys.argv)), replace=True)
+
+
+def skip_hydra_group_listing() -> None:
+    """Hydra fills $APP_CONFIG_GROUPS and $HYDRA_CONFIG_GROUPS for every help, used or not, by
+    composing each of ~110 groups again (a second of CPU per `--help`); gradbench's help
+    templates use neither (${gradbench_groups:} lists the groups from the folders), so the
+    listing is skipped for the app's --help (--hydra-help keeps Hydra's own)."""
+    from hydra._internal.hydra import Hydra
+
+    Hydra.format_config_groups = lambda self, predicate, compact=True: ""
+
+
+def config_groups(user_dir: str | None = None) -> str:
+    """The help's group listing: `group: option, ...` for the groups of conf/config.yaml's
+    defaults list (chosen with group=option), then the others as `+group:` (added with
+    +group=option). Read from the folders (gradbench's conf/ and the user's --config-dir), where
+    Hydra's own listing composes each group again (a second per `--help`)."""
+    import yaml
+
+    options: dict[str, set[str]] = {}
+    for root in [Path(CONF), *([Path(user_dir).expanduser()] if user_dir else [])]:
+        for path in root.rglob("*.yaml"):
+            group = path.parent.relative_to(root).as_posix()
+            if group != "." and not group.startswith("hydra"):
+                options.setdefault(group, set()).add(path.stem)
+    defaults = yaml.safe_load((Path(CONF) / "config.yaml").read_text()).get("defaults", [])
+    chosen = {next(iter(d)).removeprefix("optional ") for d in defaults if isinstance(d, dict)}
+    line = lambda name, group: f"{name}: {', '.join(sorted(options[group]))}"  # noqa: E731
+    plain = [line(g, g) for g in sorted(options) if g in chosen]
+    added = [line(f"+{g}", g) for g in sorted(options) if g not in chosen]
+    return "\n".join([*plain, "", "Added with + (not in the defaults list: +group=option):", *added])
 
 
 def config_block(key: str) -> str:
@@ -293,6 +326,11 @@ def run(argv: list[str]) -> None:
         print(f"gradbench: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     if command in PLAIN_COMMANDS:
+        if {"-h", "--help"} & set(rest):  # the options alone (stdlib argparse): no torch, pandas or matplotlib
+            from gradbench.commands.arguments import print_help
+
+            print_help(command)
+            return
         module, function = PLAIN_COMMANDS[command].split(":")
         sys.exit(getattr(importlib.import_module(module), function)(rest))
     os.environ["GRADBENCH_COMMAND"] = command  # hydra.job.name: the log file is <command>.log
@@ -300,6 +338,7 @@ def run(argv: list[str]) -> None:
         rest = resume_arguments(rest)
     if {"-h", "--help"} & set(rest):
         rest = [f"hydra/help={command}", *rest]  # conf/hydra/help/<command>.yaml: its usage, keys, examples
+        skip_hydra_group_listing()
     sys.argv = [program, *rest]  # Hydra parses sys.argv
     if not PRINT_ONLY & set(rest):
         with exit_on_interrupt():

@@ -53,6 +53,26 @@ def test_help_and_completion_import_no_torch_pandas_or_matplotlib():
     assert imported_by("train", "--help") == set()
 
 
+@pytest.mark.parametrize("command", ["train", "check", "variance", "bench", "data", "report", "bench-report",
+                                     "eval", "functions"])
+def test_every_commands_help_imports_no_torch_pandas_or_matplotlib(command):
+    """Every `--help` stays instant: none of the seconds-long imports (the plain commands' options
+    live in gradbench.commands.arguments, standard library only)."""
+    assert imported_by(command, "--help") == set()
+
+
+def test_train_help_lists_the_groups_that_need_a_plus_with_their_plus(runner, capsys):
+    with pytest.raises(SystemExit):
+        runner("train", "--help")
+    groups = capsys.readouterr().out.split("== Configuration groups ==")[1].split("== Launchers")[0]
+    lines = {line.split(":")[0]: line for line in groups.splitlines() if ": " in line}
+    for group in ("experiment", "protocol", "benchmark", "optimizer/preset"):  # not in config.yaml's defaults list
+        assert f"+{group}" in lines and group not in lines, groups
+    for group in ("dataset", "model", "estimator", "optimizer", "schedule"):
+        assert group in lines and f"+{group}" not in lines
+    assert lines["model"].endswith("beale, cnn, cnn_paper, logreg, mlp, rosenbrock, sphere, toynet")
+
+
 @pytest.mark.parametrize("command, keys, example", [
     ("train", None, "gradbench train model=logreg"),
     ("check", "check:", "gradbench check model=mlp"),
