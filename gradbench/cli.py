@@ -400,13 +400,51 @@ def one_line_errors(command: str, rest: list[str]):
             os.environ["HYDRA_FULL_ERROR"] = saved
 
 
+def closest_key(key: str, user_dir: str | None = None) -> str | None:
+    """The existing key nearest to a mistyped one (difflib): conf/config.yaml's keys, the group
+    names, and for `group.key` the keys the group's options have (gradbench's and the user's)."""
+    import difflib
+
+    import yaml
+
+    roots = [Path(CONF), *([Path(user_dir).expanduser()] if user_dir else [])]
+    known = set(flat_keys(yaml.safe_load((Path(CONF) / "config.yaml").read_text())))
+    for root in roots:
+        for path in root.rglob("*.yaml"):
+            group = path.parent.relative_to(root).as_posix()
+            if group == "." or group.startswith("hydra"):
+                continue
+            known.add(group.split("/")[0])
+            try:
+                option = yaml.safe_load(path.read_text())
+            except yaml.YAMLError:
+                continue
+            if isinstance(option, dict) and "/" not in group:
+                known.update(f"{group}.{k}" for k in flat_keys(option) if not k.startswith("_"))
+    known.discard("defaults")
+    found = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def flat_keys(tree: dict, prefix: str = "") -> list[str]:
+    """{'a': {'b': 1}} → ['a', 'a.b']: every key a dotted override may name."""
+    keys = []
+    for name, value in (tree or {}).items():
+        keys.append(f"{prefix}{name}")
+        if isinstance(value, dict):
+            keys += flat_keys(value, f"{prefix}{name}.")
+    return keys
+
+
 def hydra_message(error: Exception, command: str, rest: list[str]) -> str:
     """Hydra's composition error as one line: an unknown key by name, a missing option with the options."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("See https")]
     cause = str(error.__cause__ or "")
     if lines and lines[0].startswith("Could not override") and "not in struct" in cause:
         key = lines[0].split("'")[1]
-        return (f"unknown key {key!r} (Could not override {key!r}: it is not in the config; "
+        close = closest_key(key, given_config_dir(rest))
+        hint = f": did you mean {close!r}?" if close else ""
+        return (f"unknown key {key!r}{hint} (it is not in the config; "
                 f"`gradbench {command} --help` lists the keys, +{key}=... adds a new one)")
     if len(lines) > 2 and lines[1].startswith("Available options"):
         options = lines[2:lines.index("Config search path:")] if "Config search path:" in lines else lines[2:]

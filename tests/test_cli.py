@@ -102,6 +102,18 @@ def test_an_unknown_key_is_one_line_exit_2(runner, capsys):
     assert not (runner.cwd / "outputs").exists()
 
 
+@pytest.mark.parametrize("typo, closest", [("estimater=forward", "estimator"), ("max_step=3", "max_steps"),
+                                           ("optimizer.lrr=0.1", "optimizer.lr"), ("model.hiden=[3]", "model.hidden")])
+def test_a_typo_is_told_the_closest_key_first(runner, capsys, typo, closest):
+    with pytest.raises(SystemExit) as exit_info:
+        runner("train", typo)
+    err = capsys.readouterr().err
+    key = typo.partition("=")[0]
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"gradbench: error: unknown key {key!r}: did you mean {closest!r}? ")
+    assert err.index(closest) < err.index(f"+{key}=")  # the likely fix before the `+` that adds a new key
+
+
 def test_a_missing_option_and_a_syntax_error_are_one_line_exit_2(runner, capsys):
     for args, part in ((["model=nope"], "Could not find 'model/nope'; options: beale, cnn"),
                        (["model.hidden=[1"], "cannot parse 'model.hidden=[1'")):
