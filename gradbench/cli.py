@@ -347,10 +347,20 @@ def run(argv: list[str]) -> None:
 
     RESULT.clear()
     sweep = guard_sweep() if {"-m", "--multirun"} & set(rest) else contextlib.nullcontext()
-    with sweep, one_line_errors(command, rest):
+    with sweep, checked_sweep(rest), one_line_errors(command, rest):
         _hydra_command(HYDRA_COMMANDS[command], command)()
     if RESULT.get("counts", {}).get("failed"):
         sys.exit(1)  # a sweep with failed jobs, after every job ran (the tally line says which)
+
+
+def checked_sweep(rest: list[str]):
+    """A sweep: every job's config checked before the first starts (gradbench.run.preflight)."""
+    if not {"-m", "--multirun"} & set(rest) or PRINT_ONLY & set(rest):
+        return contextlib.nullcontext()
+    from gradbench.run.job import validate
+    from gradbench.run.preflight import checked_jobs
+
+    return checked_jobs(validate)
 
 
 # Hydra's flags that print and exit: no run follows, so no torch to import
