@@ -10,6 +10,7 @@
     event_log.py   `logger=tensorboard`: event files beside metrics.csv
     progress.py    progress bars for a run's steps and a sweep's jobs
     sweep.py       sweep callbacks, each job's outcome, the tally, workers that die with the sweep
+    preflight.py   a sweep's jobs checked before the first starts
     threads.py     `threads: auto`: the CPU thread count for a run, and bench's background load
 
 It builds on the estimators, models, data and optimizers, and never imports the presentation
