@@ -217,4 +217,4 @@ def test_an_unknown_logger_is_one_line(runner, capsys):
     with pytest.raises(SystemExit) as exit_info:
         runner("train", "logger=wandb", "max_steps=2")
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "gradbench: error: logger must be one of csv | tensorboard, got 'wandb'\n"
+    assert capsys.readouterr().err == "gradbench: error: In 'config': Could not find 'logger/wandb'; options: csv, mlflow, tensorboard\n"

@@ -22,6 +22,7 @@ OPTIONS = {
     "dataset": {"penguins": "penguins", "toy": "toy blobs", "toy_inputs": "toy inputs", "mnist": "MNIST",
                 "cifar10": "CIFAR-10", "cifar10_carcat": "CIFAR-10 car/cat", "none": "no data"},
     "schedule": {"constant": "constant learning rate", "exponential": "exponential decay"},
+    "logger": {"csv": "CSV", "tensorboard": "TensorBoard", "mlflow": "MLflow"},
     "optimizer/preset": {f"r001_m{i}": f"report 001 model {i}" for i in range(1, 6)},
     "protocol": {"r000_logreg": "report 000 logistic regression", "r000_mlp": "report 000 MLP",
                  "r000_cnn": "report 000 CNN", "r000_cnn_backprop": "report 000 CNN (backprop protocol)",
