@@ -6,7 +6,7 @@
 
 An MLflow run holds the run's overrides as params, every metrics.csv column as step metrics
 (sent in batches while it trains), summary.json's figures as metrics (final_<split>_<metric>,
-steps, train_time_s, ...), its stop reason, choices and run dir as tags, and its figures,
+run_steps, run_train_time_s, ...), its stop reason, choices and run dir as tags, and its figures,
 summary.json and metrics.csv as artifacts. metrics.csv stays the run's record: the tracker is a
 view of it, and a tracker that fails mid-run (a server gone) costs a warning, never the run.
 The store is checked before training starts: an unreachable server is one line, exit 2.
@@ -199,7 +199,8 @@ class Tracker:
         from mlflow.entities import Metric
 
         stamp, step = int(time.time() * 1000), int(summary.get("steps") or 0)
-        figures = {k: summary[k] for k in SUMMARY_FIGURES if isinstance(summary.get(k), (int, float))}
+        # run_<key>: metrics.csv has wall_time_s and step_time_s of its own, per step
+        figures = {f"run_{k}": summary[k] for k in SUMMARY_FIGURES if isinstance(summary.get(k), (int, float))}
         for when in ("initial", "final"):
             for split, values in (summary.get(when) or {}).items():
                 for name, value in (values or {}).items():
