@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 BIN = str(Path(sys.executable).parent)
 
@@ -28,6 +30,7 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return re.findall(r"^```(\w*)\n(.*?)^```$", text, flags=re.S | re.M)
 
 
+@pytest.mark.slow  # ~45 s of CPU: six commands, each importing torch (make test-all runs it)
 def test_the_extension_guide_runs_as_written(tmp_path):
     guide = blocks(section("Extending gradbench"))
     files = [(lang, body) for lang, body in guide if lang in ("python", "yaml")]
