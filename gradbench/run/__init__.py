@@ -8,6 +8,7 @@
     targets.py     the `_target_`s a config read back may name (a run dir is data, never code)
     metrics.py     metrics.csv, summary.json, atomic writes
     event_log.py   `logger=tensorboard`: event files beside metrics.csv
+    tracker.py     `logger=mlflow`: an MLflow run per run dir, a parent run per sweep
     progress.py    progress bars for a run's steps and a sweep's jobs
     sweep.py       sweep callbacks, each job's outcome, the tally, workers that die with the sweep
     preflight.py   a sweep's jobs checked before the first starts
