@@ -42,6 +42,39 @@ def register_resolvers() -> None:
     # conf/hydra/help/*.yaml: a command's own keys, with their comments, as conf/config.yaml has them
     # ($ doubled: Hydra fills the help template with string.Template)
     OmegaConf.register_new_resolver("gradbench_keys", lambda key: config_block(key).replace("$", "$$"), replace=True)
+    # conf/hydra/help/train.yaml: the groups, those of the defaults list apart from those added with +
+    OmegaConf.register_new_resolver("gradbench_groups", lambda: config_groups(given_config_dir(sys.argv)), replace=True)
+
+
+def skip_hydra_group_listing() -> None:
+    """Hydra fills $APP_CONFIG_GROUPS and $HYDRA_CONFIG_GROUPS for every help, used or not, by
+    composing each of ~110 groups again (a second of CPU per `--help`); gradbench's help
+    templates use neither (${gradbench_groups:} lists the groups from the folders), so the
+    listing is skipped for the app's --help (--hydra-help keeps Hydra's own)."""
+    from hydra._internal.hydra import Hydra
+
+    Hydra.format_config_groups = lambda self, predicate, compact=True: ""
+
+
+def config_groups(user_dir: str | None = None) -> str:
+    """The help's group listing: `group: option, ...` for the groups of conf/config.yaml's
+    defaults list (chosen with group=option), then the others as `+group:` (added with
+    +group=option). Read from the folders (gradbench's conf/ and the user's --config-dir), where
+    Hydra's own listing composes each group again (a second per `--help`)."""
+    import yaml
+
+    options: dict[str, set[str]] = {}
+    for root in [Path(CONF), *([Path(user_dir).expanduser()] if user_dir else [])]:
+        for path in root.rglob("*.yaml"):
+            group = path.parent.relative_to(root).as_posix()
+            if group != "." and not group.startswith("hydra"):
+                options.setdefault(group, set()).add(path.stem)
+    defaults = yaml.safe_load((Path(CONF) / "config.yaml").read_text()).get("defaults", [])
+    chosen = {next(iter(d)).removeprefix("optional ") for d in defaults if isinstance(d, dict)}
+    line = lambda name, group: f"{name}: {', '.join(sorted(options[group]))}"  # noqa: E731
+    plain = [line(g, g) for g in sorted(options) if g in chosen]
+    added = [line(f"+{g}", g) for g in sorted(options) if g not in chosen]
+    return "\n".join([*plain, "", "Added with + (not in the defaults list: +group=option):", *added])
 
 
 def config_block(key: str) -> str:
@@ -312,6 +345,11 @@ def run(argv: list[str]) -> None:
         print(f"gradbench: error: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     if command in PLAIN_COMMANDS:
+        if {"-h", "--help"} & set(rest):  # the options alone (stdlib argparse): no torch, pandas or matplotlib
+            from gradbench.commands.arguments import print_help
+
+            print_help(command)
+            return
         module, function = PLAIN_COMMANDS[command].split(":")
         sys.exit(getattr(importlib.import_module(module), function)(rest))
     os.environ["GRADBENCH_COMMAND"] = command  # hydra.job.name: the log file is <command>.log
@@ -319,6 +357,7 @@ def run(argv: list[str]) -> None:
         rest = resume_arguments(rest)
     if {"-h", "--help"} & set(rest):
         rest = [f"hydra/help={command}", *rest]  # conf/hydra/help/<command>.yaml: its usage, keys, examples
+        skip_hydra_group_listing()
     sys.argv = [program, *rest]  # Hydra parses sys.argv
     if not PRINT_ONLY & set(rest):
         with exit_on_interrupt():
@@ -328,10 +367,20 @@ def run(argv: list[str]) -> None:
     RESULT.clear()
     CREATED.clear()
     sweep = guard_sweep() if {"-m", "--multirun"} & set(rest) else contextlib.nullcontext()
-    with sweep, one_line_errors(command, rest):
+    with sweep, checked_sweep(rest), one_line_errors(command, rest):
         _hydra_command(HYDRA_COMMANDS[command], command)()
     if RESULT.get("counts", {}).get("failed"):
         sys.exit(1)  # a sweep with failed jobs, after every job ran (the tally line says which)
+
+
+def checked_sweep(rest: list[str]):
+    """A sweep: every job's config checked before the first starts (gradbench.run.preflight)."""
+    if not {"-m", "--multirun"} & set(rest) or PRINT_ONLY & set(rest):
+        return contextlib.nullcontext()
+    from gradbench.run.job import validate
+    from gradbench.run.preflight import checked_jobs
+
+    return checked_jobs(validate)
 
 
 # Hydra's flags that print and exit: no run follows, so no torch to import
@@ -385,13 +434,51 @@ def one_line_errors(command: str, rest: list[str]):
             os.environ["HYDRA_FULL_ERROR"] = saved
 
 
+def closest_key(key: str, user_dir: str | None = None) -> str | None:
+    """The existing key nearest to a mistyped one (difflib): conf/config.yaml's keys, the group
+    names, and for `group.key` the keys the group's options have (gradbench's and the user's)."""
+    import difflib
+
+    import yaml
+
+    roots = [Path(CONF), *([Path(user_dir).expanduser()] if user_dir else [])]
+    known = set(flat_keys(yaml.safe_load((Path(CONF) / "config.yaml").read_text())))
+    for root in roots:
+        for path in root.rglob("*.yaml"):
+            group = path.parent.relative_to(root).as_posix()
+            if group == "." or group.startswith("hydra"):
+                continue
+            known.add(group.split("/")[0])
+            try:
+                option = yaml.safe_load(path.read_text())
+            except yaml.YAMLError:
+                continue
+            if isinstance(option, dict) and "/" not in group:
+                known.update(f"{group}.{k}" for k in flat_keys(option) if not k.startswith("_"))
+    known.discard("defaults")
+    found = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def flat_keys(tree: dict, prefix: str = "") -> list[str]:
+    """{'a': {'b': 1}} → ['a', 'a.b']: every key a dotted override may name."""
+    keys = []
+    for name, value in (tree or {}).items():
+        keys.append(f"{prefix}{name}")
+        if isinstance(value, dict):
+            keys += flat_keys(value, f"{prefix}{name}.")
+    return keys
+
+
 def hydra_message(error: Exception, command: str, rest: list[str]) -> str:
     """Hydra's composition error as one line: an unknown key by name, a missing option with the options."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.startswith("See https")]
     cause = str(error.__cause__ or "")
     if lines and lines[0].startswith("Could not override") and "not in struct" in cause:
         key = lines[0].split("'")[1]
-        return (f"unknown key {key!r} (Could not override {key!r}: it is not in the config; "
+        close = closest_key(key, given_config_dir(rest))
+        hint = f": did you mean {close!r}?" if close else ""
+        return (f"unknown key {key!r}{hint} (it is not in the config; "
                 f"`gradbench {command} --help` lists the keys, +{key}=... adds a new one)")
     if len(lines) > 2 and lines[1].startswith("Available options"):
         options = lines[2:lines.index("Config search path:")] if "Config search path:" in lines else lines[2:]

@@ -53,6 +53,26 @@ def test_help_and_completion_import_no_torch_pandas_or_matplotlib():
     assert imported_by("train", "--help") == set()
 
 
+@pytest.mark.parametrize("command", ["train", "check", "variance", "bench", "data", "report", "bench-report",
+                                     "eval", "functions"])
+def test_every_commands_help_imports_no_torch_pandas_or_matplotlib(command):
+    """Every `--help` stays instant: none of the seconds-long imports (the plain commands' options
+    live in gradbench.commands.arguments, standard library only)."""
+    assert imported_by(command, "--help") == set()
+
+
+def test_train_help_lists_the_groups_that_need_a_plus_with_their_plus(runner, capsys):
+    with pytest.raises(SystemExit):
+        runner("train", "--help")
+    groups = capsys.readouterr().out.split("== Configuration groups ==")[1].split("== Launchers")[0]
+    lines = {line.split(":")[0]: line for line in groups.splitlines() if ": " in line}
+    for group in ("experiment", "protocol", "benchmark", "optimizer/preset"):  # not in config.yaml's defaults list
+        assert f"+{group}" in lines and group not in lines, groups
+    for group in ("dataset", "model", "estimator", "optimizer", "schedule"):
+        assert group in lines and f"+{group}" not in lines
+    assert lines["model"].endswith("beale, cnn, cnn_paper, logreg, mlp, rosenbrock, sphere, toynet")
+
+
 @pytest.mark.parametrize("command, keys, example", [
     ("train", None, "gradbench train model=logreg"),
     ("check", "check:", "gradbench check model=mlp"),
@@ -80,6 +100,18 @@ def test_an_unknown_key_is_one_line_exit_2(runner, capsys):
     err = capsys.readouterr().err
     assert err.startswith("gradbench: error: unknown key 'foo'") and err.count("\n") == 1, err
     assert not (runner.cwd / "outputs").exists()
+
+
+@pytest.mark.parametrize("typo, closest", [("estimater=forward", "estimator"), ("max_step=3", "max_steps"),
+                                           ("optimizer.lrr=0.1", "optimizer.lr"), ("model.hiden=[3]", "model.hidden")])
+def test_a_typo_is_told_the_closest_key_first(runner, capsys, typo, closest):
+    with pytest.raises(SystemExit) as exit_info:
+        runner("train", typo)
+    err = capsys.readouterr().err
+    key = typo.partition("=")[0]
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"gradbench: error: unknown key {key!r}: did you mean {closest!r}? ")
+    assert err.index(closest) < err.index(f"+{key}=")  # the likely fix before the `+` that adds a new key
 
 
 def test_a_missing_option_and_a_syntax_error_are_one_line_exit_2(runner, capsys):
@@ -185,4 +217,4 @@ def test_an_unknown_logger_is_one_line(runner, capsys):
     with pytest.raises(SystemExit) as exit_info:
         runner("train", "logger=wandb", "max_steps=2")
     assert exit_info.value.code == 2
-    assert capsys.readouterr().err == "gradbench: error: logger must be one of csv | tensorboard, got 'wandb'\n"
+    assert capsys.readouterr().err == "gradbench: error: In 'config': Could not find 'logger/wandb'; options: csv, mlflow, tensorboard\n"

@@ -111,3 +111,35 @@ def test_sphere_steps_grow_with_dimension_as_the_theory_says(runner):
         steps.setdefault(summary["config"]["model"]["dim"], []).append(summary["steps"])
     ratio = pd.Series(steps[64]).mean() / pd.Series(steps[16]).mean()
     assert ratio == pytest.approx(1177.3 / 290.2, rel=0.25)
+
+
+def test_beale_at_its_defaults_converges_as_the_readme_says(runner):
+    """`gradbench train model=beale dataset=none` (README, "Test functions": "the defaults
+    converge"): the default forward gradient and SGD at conf/model_lr/beale.yaml's step and
+    budget stop on f < 1e-6 (1 761 steps at seed 0), well inside the 3 000-step budget."""
+    (run,) = runner("train", "model=beale", "dataset=none", "device=cpu", "plot=false", "save_model=false",
+                    "log_every_s=1000")
+    _, summary = load_run(run)
+    assert summary["stop_reason"] == "threshold", summary["stop_reason"]
+    assert summary["final"]["train"]["gap"] < 1e-6 and summary["steps"] < summary["config"]["max_steps"] == 3000
+
+
+@pytest.mark.parametrize("model, steps", [("beale", 3000), ("rosenbrock", 20000), ("sphere", 5000)])
+def test_a_functions_own_budget_yields_to_given_values_and_protocols(model, steps):
+    """conf/model_lr/<model>.yaml sets the step, the budget and ε; a value on the command line
+    and a protocol (added with +, after it in the defaults list) win over it."""
+    from hydra import compose, initialize_config_dir
+
+    from gradbench.cli import CONF, register_resolvers
+
+    register_resolvers()
+    with initialize_config_dir(CONF, version_base="1.3"):
+        own = compose("config", [f"model={model}", "dataset=none"])
+        given = compose("config", [f"model={model}", "dataset=none", "max_steps=7", "stop_below=null"])
+        protocol = compose("config", [f"+protocol=functions_{model}"])
+        plain = compose("config", [])
+    assert (own.max_steps, own.stop_below) == (steps, 1e-6)
+    assert (given.max_steps, given.stop_below) == (7, None)
+    assert protocol.max_steps == {"beale": 5000, "rosenbrock": 20000, "sphere": 5000}[model]
+    assert protocol.stop_below == (1e-6 if model == "sphere" else None)  # the paths run their whole budget
+    assert (plain.max_steps, plain.stop_below) == (500, None)  # the networks keep the run keys' defaults

@@ -20,7 +20,7 @@ from gradbench.cli import main
 def test_launcher_sweep_completes_records_failures_and_is_reported(runner, launcher):
     out = runner.cwd / "sweep"
     result = runner.subprocess("train", "-m", f"hydra/launcher={launcher}", "threads=1", "model=logreg",
-                               "seed=0,1", "optimizer.lr=0.1,-1", "max_steps=5", "plot=false",
+                               "seed=0,1", "batch_size=16,100000", "max_steps=5", "plot=false",
                                f"hydra.sweep.dir={out}", check=False)
     # every job ran, then the sweep says how it went and exits 1 for the failed ones
     assert result.returncode == 1, result.stderr[-2000:]
@@ -29,9 +29,11 @@ def test_launcher_sweep_completes_records_failures_and_is_reported(runner, launc
     with pytest.raises(SystemExit) as exit_info:
         main(["report", str(out), "--no-plots"])
     assert exit_info.value.code == 0
-    table = pd.read_csv(out / "table.csv").set_index("optimizer.lr")
-    assert table.loc[0.1, "n"] == 2 and table.loc[0.1, "failed"] == 0
-    assert table.loc[-1.0, "failed"] == 2  # lr = -1: a ConfigError in each job, the sweep went on
+    table = pd.read_csv(out / "table.csv").set_index("batch_size")
+    assert table.loc[16, "n"] == 2 and table.loc[16, "failed"] == 0
+    # a batch larger than the training split: a ConfigError in each job once it has the data (a
+    # value every config check passes; an invalid one refuses the sweep before it starts), the sweep went on
+    assert table.loc[100000, "failed"] == 2
 
 
 @pytest.mark.slow  # ~17 s: Optuna start-up (make test-slow; CI runs it)

@@ -88,3 +88,20 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_written(runner, caps
     assert err.count("\n") == 1 and "No space left on device" in err
     (run,) = run_dirs(runner.cwd)
     assert (run / "metrics.csv").read_text().count("\n") == 4  # header + the 3 rows written
+
+
+@pytest.mark.parametrize("sweep, job, message", [
+    (["seed=0,1", "max_steps=abc"], "seed=0 max_steps=abc", "max_steps must be an integer, got 'abc'"),
+    (["max_steps=3,0"], "max_steps=0", "max_steps must be a positive integer or null, got 0"),
+    (["optimizer.lr=0.1,-1", "seed=0,1"], "optimizer.lr=-1 seed=0", "optimizer.lr must be > 0, got -1"),
+])
+def test_a_sweep_with_a_bad_job_is_refused_before_any_job_starts(runner, capsys, sweep, job, message):
+    """Every job's config is checked before the first starts (gradbench.run.preflight): the bad
+    job named by its overrides, one line, exit 2, no job dir (not even the good jobs')."""
+    with pytest.raises(SystemExit) as exit_info:
+        runner("train", "-m", *sweep, "device=cpu", "plot=false")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2, err
+    assert err == f"gradbench: error: sweep job `{job} device=cpu plot=False`: {message} (no job was started)\n"
+    assert run_dirs(runner.cwd) == []
+    assert not any((runner.cwd / "outputs" / "multirun").rglob("*")) if (runner.cwd / "outputs").exists() else True

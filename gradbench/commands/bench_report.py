@@ -23,12 +23,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.ticker import FuncFormatter, NullLocator
 
+from gradbench.commands import arguments
 from gradbench.present import names
 from gradbench.run import files
 from gradbench.commands.bench import COLUMNS, format_table
-from gradbench.present.figstyle import PALETTE, Look, add_arguments, legend, look_of
+from gradbench.present.figstyle import PALETTE, Look, legend, look_of
 
-AXES = {"batch_size": "batch size", "num_params": "parameters", "layers": "depth (weight layers)"}
+from gradbench.commands.arguments import AXES  # noqa: E402  (the --x choices)
 
 
 def _tick(value: float, _=None) -> str:
@@ -129,13 +130,7 @@ def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gradbench bench-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dir", type=Path, help="a bench run dir or a sweep of them")
-    parser.add_argument("--x", choices=list(AXES), help="draw step time and memory against this column")
-    parser.add_argument("--threads", action="store_true",
-                        help="also threads.md: step time per thread count and load, and what threads=auto picks")
-    parser.add_argument("--out", type=Path, help="where bench.md and the plot go (default: DIR)")
-    add_arguments(parser)
+    parser = arguments.bench_report()
     args = parser.parse_args(argv)
     if not args.dir.is_dir():
         parser.error(f"DIR must be a directory, got {str(args.dir)!r}")

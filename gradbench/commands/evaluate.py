@@ -1,4 +1,4 @@
-"""`gradbench eval RUN_DIR [split=test] [predictions=true] [device=cpu]`: a trained model, again.
+"""`gradbench eval RUN_DIR [split=test] [predictions=true] [device=cpu] [--config-dir DIR]`: a trained model, again.
 
 Rebuilds the data split and the model from the run's own resolved config (summary.json, else
 model.pt's), validated as a command line's, loads model.pt and evaluates it on one split: loss, accuracy, errors and
@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from gradbench.commands import arguments
 from gradbench.run import files, targets
 from gradbench.columns import SPLITS
 from gradbench.errors import ConfigError, choose
@@ -22,7 +23,7 @@ from gradbench.run.job import DTYPES, build, resolve_device, stream
 from gradbench.run.validate import validate as check_config
 from gradbench.run.train import evaluate, predict
 
-USAGE = "usage: gradbench eval RUN_DIR [split=test|val|train] [predictions=true|false] [device=...]"
+USAGE = arguments.EVAL_USAGE
 
 
 def run_config(run_dir: Path, config_dir: str | None = None) -> dict:
@@ -80,15 +81,21 @@ def parse(argv: list[str]) -> tuple[Path, dict]:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     if argv[0] in ("-h", "--help"):
-        print(USAGE + "\n\n" + __doc__.split("\n\n", 1)[1])
+        arguments.print_help("eval")
         sys.exit(0)
-    # config_dir: the user's own config dir the run was trained with (--config-dir): its
-    # `_target_`s may be instantiated too (gradbench.run.targets)
-    options = {"split": "test", "predictions": "false", "device": None, "config_dir": None}
+    # --config-dir DIR: the user's own config dir the run was trained with: its `_target_`s may
+    # be instantiated too (gradbench.run.targets); the same flag as on every other command
+    try:
+        argv, config_dir = arguments.eval_config_dir(argv)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if not argv:
+        raise ConfigError(f"RUN_DIR is missing: {USAGE}")
+    options = {"split": "test", "predictions": "false", "device": None, "config_dir": config_dir}
     for arg in argv[1:]:
         key, sep, value = arg.partition("=")
-        if not sep or key not in options:
-            raise ConfigError(f"options must be {' | '.join(f'{k}=...' for k in options)}, got {arg!r}")
+        if not sep or key not in options or key == "config_dir":
+            raise ConfigError(f"options must be split=... | predictions=... | device=... | --config-dir DIR, got {arg!r}")
         options[key] = value
     if options["split"] not in SPLITS:
         raise ConfigError(f"split must be one of {' | '.join(SPLITS)}, got {options['split']!r}")

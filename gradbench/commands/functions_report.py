@@ -27,10 +27,11 @@ from hydra.utils import instantiate
 from matplotlib.colors import LogNorm
 from matplotlib.ticker import NullLocator
 
+from gradbench.commands import arguments
 from gradbench.present import names
 from gradbench.run import files, targets
 from gradbench.errors import ConfigError
-from gradbench.present.figstyle import PALETTE, Look, add_arguments, look_of
+from gradbench.present.figstyle import PALETTE, Look, look_of
 from gradbench.present.report_runs import Run, find_runs, mean_ci
 
 # one colour per estimator, the same in every figure (Okabe–Ito, gradbench.present.figstyle)
@@ -118,10 +119,7 @@ def plot_sphere(rows: list[dict], slope: float, stem: Path, look: Look = Look())
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="gradbench functions", description=__doc__.split("\n\n")[0])
-    parser.add_argument("dir", type=Path)
-    parser.add_argument("--out", type=Path)
-    add_arguments(parser)
+    parser = arguments.functions()
     args = parser.parse_args(argv)
     look = look_of(args)
     if not args.dir.is_dir():
@@ -132,7 +130,7 @@ def main(argv: list[str]) -> int:
     runs = [r for r in runs if r.ok and r.summary.get("config")]
     for run in runs:  # a run dir is data: a model config that names code to call stops the command
         try:
-            targets.check(run.summary["config"], str(run.path / "summary.json"), prefix="config.")
+            targets.check(run.summary["config"], str(run.path / "summary.json"), args.config_dir, prefix="config.")
         except ConfigError as e:
             print(f"gradbench functions: error: {e}", file=sys.stderr)
             return 2

@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gradbench.commands import arguments
 from gradbench.present import names
 from gradbench.run import files
 from gradbench.columns import better
-from gradbench.present.figstyle import add_arguments, look_of
+from gradbench.present.figstyle import look_of
 from gradbench.present.report_cells import CI_NOTE, TIE_RULE, best_row, cell, fmt, interval, maximise, ties
 from gradbench.present.report_runs import Run, aggregate, assign_groups, find_runs, group_of, metric_columns, resolved, \
     runs_frame, select
@@ -341,24 +342,5 @@ def main(argv: list[str]) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="gradbench report", description="Aggregate the runs under DIR (a sweep dir or any parent) "
-        "into table.csv/table.md, overlay plots and the best group; a group = one resolved config, all its seeds.")
-    p.add_argument("dir", type=Path, metavar="DIR", help="a multirun dir, or any folder above run dirs")
-    p.add_argument("--out", type=Path, help="where to write the outputs (default: DIR)")
-    p.add_argument("--ignore", nargs="+", action="extend", default=[], metavar="KEY",
-                   help="override keys left out of the grouping, like seed (e.g. device)")
-    p.add_argument("--target-loss", type=float, metavar="X",
-                   help="steps and train time until train_loss < X (default: runs that stopped on stop_below)")
-    p.add_argument("--target-accuracy", type=float, metavar="X",
-                   help="steps and train time until val_accuracy >= X (instead of --target-loss)")
-    p.add_argument("--select", metavar="METRIC", help="pick the best group by this metric's mean, in its "
-                   "direction (gradbench/columns.py: accuracy and cosines max, the rest min; default "
-                   "val_accuracy, else val_loss, else train_loss)")
-    p.add_argument("--best-per", metavar="KEY", help="also table_best.*: the best group (by --select) "
-                   "for each value of KEY, a group choice or override key such as estimator")
-    p.add_argument("--reference", type=Path, metavar="FILE.yaml",
-                   help="a report's numbers to show beside ours (default: `reference` in the runs' config)")
-    p.add_argument("--no-plots", action="store_true", help="tables only (no figures)")
-    add_arguments(p)
-    return p
+    """The options (gradbench.commands.arguments: `--help` imports nothing heavy)."""
+    return arguments.report()

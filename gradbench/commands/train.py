@@ -29,6 +29,7 @@ from gradbench.run.job import Setup, build, check_run_files, finished_run, set_d
 from gradbench.run.files import atomic_write
 from gradbench.run.metrics import MetricsWriter, remove_stale, write_json
 from gradbench.run.sweep import record
+from gradbench.run.tracker import open_tracker
 from gradbench.run.train import Result, Signals, Step, StopRule, predict, train
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,16 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
     resume = _checkpoint_to_resume(cfg, run_dir, config)  # also refuses a dir of another config's run
     if (done := _left_as_it_is(cfg, run_dir, resume)) is not None:
         return done
+    # logger=mlflow: the store checked (an unreachable server: one line, exit 2) before any work
+    tracker = open_tracker(cfg, run_dir, resume=resume is not None)
+    try:
+        return _trained(cfg, run_dir, config, resume, started, tracker)
+    finally:
+        if tracker is not None:  # the MLflow run's end, read from the run dir's files
+            tracker.finish()
+
+
+def _trained(cfg: DictConfig, run_dir: Path, config: dict, resume: dict | None, started: float, tracker) -> float:
     set_deterministic(cfg.deterministic)
     s = setup(cfg)
     torch.set_num_threads(threads.choose(cfg.threads, s.device, lambda: step_flops(s, cfg.batch_size)))
@@ -87,7 +98,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> float:
         try:
             after = resume["step"] if resume else None
             with MetricsWriter(run_dir / "metrics.csv", columns, resume_after=after) as csv_rows, \
-                    open_log(cfg.logger, csv_rows, run_dir, after) as writer:  # logger=tensorboard: + event files
+                    open_log(cfg.logger.name, csv_rows, run_dir, after) as writer:  # logger=tensorboard: + event files
+                writer = tracker.around(writer) if tracker else writer  # logger=mlflow: + the MLflow run
                 result = train(
                     s.model, s.params, s.data, Step(estimator, optimizer, scheduler), writer,
                     batch_size=cfg.batch_size, eval_every=cfg.eval_every, eval_splits=splits,

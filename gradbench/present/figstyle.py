@@ -31,8 +31,8 @@ from gradbench.run.files import atomic_write  # noqa: E402
 PALETTE = ("#0072b2", "#d55e00", "#009e73", "#cc79a7", "#e69f00", "#56b4e9", "#f0e442", "#000000")
 # One colour per split in every run plot; the batch loss grey, drawn faint behind the evaluations.
 SPLIT_COLOURS = {"batch": "#9e9e9e", "train": PALETTE[0], "val": PALETTE[4], "test": PALETTE[2]}
-WIDTHS = {"column": 3.25, "page": 6.75}  # inches: one column, the whole page of a two-column paper
-FORMATS = ("png", "pdf", "svg")
+# the figure options and their facts: in a module of their own, so help imports no matplotlib
+from gradbench.present.options import FORMATS, WIDTHS, add_arguments  # noqa: E402,F401  (re-exported)
 DOTTED = ":"  # reserved for diverged and failed runs, in every figure
 
 PAPER_RC = {
@@ -99,16 +99,6 @@ def legend(fig: plt.Figure, ax, look: Look, handles: list | None = None, long: b
     wide = (look.width or "column") == "page"
     ncol = (2 if wide else 1) if long else (len(handles) if wide else min(len(handles), 2))
     fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=max(ncol, 1))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """--style, --width, --format: the same three options on every command that draws."""
-    parser.add_argument("--style", choices=("default", "paper"), default="default",
-                        help="paper: serif 8 pt (STIX), no titles, one- or two-column widths, 300 dpi")
-    parser.add_argument("--width", choices=tuple(WIDTHS), help=f"figure width: column {WIDTHS['column']} in, "
-                        f"page {WIDTHS['page']} in (default: column for --style paper, the screen size otherwise)")
-    parser.add_argument("--format", nargs="+", choices=FORMATS, default=["png"], dest="formats",
-                        help="file format(s) of the figures (default png)")
 
 
 def look_of(args: argparse.Namespace) -> Look:

@@ -9,8 +9,10 @@
     files.py       every run-dir file read and written: regular files, capped, plain data, atomic writes
     metrics.py     metrics.csv, summary.json
     event_log.py   `logger=tensorboard`: event files beside metrics.csv
+    tracker.py     `logger=mlflow`: an MLflow run per run dir, a parent run per sweep
     progress.py    progress bars for a run's steps and a sweep's jobs
     sweep.py       sweep callbacks, each job's outcome, the tally, workers that die with the sweep
+    preflight.py   a sweep's jobs checked before the first starts
     threads.py     `threads: auto`: the CPU thread count for a run, and bench's background load
 
 It builds on the estimators, models, data and optimizers, and never imports the presentation

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gradbench.errors import ConfigError
 
-LOGGERS = ("csv", "tensorboard")  # csv: metrics.csv alone; tensorboard: also event files
+LOGGERS = ("csv", "tensorboard", "mlflow")  # csv: metrics.csv alone; tensorboard: also event files; mlflow: an MLflow run (run/tracker.py)
 
 
 class EventLog:

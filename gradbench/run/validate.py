@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from gradbench.columns import SPLITS
 from gradbench.errors import ConfigError, require
 from gradbench.run.event_log import LOGGERS
+from gradbench.run.tracker import TRACKING_SCHEMES
 from gradbench.models import INIT_LAWS
 
 GROUPS = ("dataset", "model", "estimator", "optimizer", "schedule")
@@ -55,7 +56,9 @@ RULES: dict[str, Rule] = {
     "eval_every": (lambda v, c: v >= 1, "must be >= 1"),
     "eval_chunk": (lambda v, c: v >= 1, "must be >= 1"),
     "log_every_s": (lambda v, c: v >= 0, "must be >= 0"),
-    "logger": (lambda v, c: v in LOGGERS, f"must be one of {' | '.join(LOGGERS)}"),
+    "logger.name": (lambda v, c: v in LOGGERS, f"must be one of {' | '.join(LOGGERS)}"),
+    "logger.tracking_uri": (lambda v, c: v is None or (isinstance(v, str) and v.split(":", 1)[0] in TRACKING_SCHEMES),
+                            f"must be null (the local store) or a URI: {' | '.join(f'{s}:...' for s in TRACKING_SCHEMES)}"),
     "eval_splits": (lambda v, c: all(s in SPLITS for s in v), f"must be a subset of {list(SPLITS)}"),
     "sweep_metric": (_sweep_metric, "must be <split>_<metric>: split train | val | test, metric one the model "
                      "reports (loss, accuracy, errors for classifiers)"),
