@@ -36,6 +36,7 @@ class Mutation(NamedTuple):
     tests: tuple[str, ...]  # pytest node ids or files, run with -m "not slow"
 
 
+VALIDATION = "tests/test_validation.py::test_bad_input_is_one_line_before_any_work_and_leaves_no_run_dir"
 MUTATIONS = [
     Mutation("fga-l2-halved", "gradbench/estimators/activities.py",
              "grads[name] = grads[name] + 2 * model.l2 * p", "grads[name] = grads[name] + model.l2 * p",
@@ -52,10 +53,10 @@ MUTATIONS = [
              ("tests/test_report.py::test_a_group_with_a_failed_run_is_not_best_while_a_complete_one_exists",)),
     Mutation("eval-chunk-rule-removed", "gradbench/run/validate.py",
              '    "eval_chunk": (lambda v, c: v >= 1, "must be >= 1"),\n', "",
-             ("tests/test_validation.py",)),
+             (f"{VALIDATION}[eval_chunk=0]",)),
     Mutation("max-epochs-rule-removed", "gradbench/run/validate.py",
              '    "max_epochs": (positive_or_null, "must be a positive integer or null"),\n', "",
-             ("tests/test_validation.py",)),
+             (f"{VALIDATION}[max_epochs=0]",)),
     Mutation("val-test-names-swapped", "gradbench/present/names.py",
              '"val": "validation", "test": "test"', '"val": "test", "test": "validation"',
              ("tests/test_names.py", "tests/test_plots.py::test_run_plots_say_what_ran_and_keep_one_colour_per_split")),

@@ -7,6 +7,7 @@ that nothing planted was called, and that the run's files are byte for byte what
 
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -135,6 +136,27 @@ def test_a_run_dir_cannot_make_gradbench_call_anything(run, tmp_path, capsys, pa
     assert status(argv) == 2
     err = one_line(capsys)
     assert all(text in err for text in named), err
+    assert not mark.exists()
+    assert snapshot(run) == before
+
+
+def test_a_group_option_outside_the_config_dirs_is_refused(run, tmp_path, capsys):
+    """`model=../../…/evil` naming a YAML file that EXISTS outside conf/ (a file that does not
+    exist is refused before the path guard is reached): resolved, it is not inside the group's
+    folder, so resume refuses in one line and the file's `_target_` is never called."""
+    from gradbench.paths import CONF
+
+    mark = tmp_path / "called"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(yaml.safe_dump({"_target_": "builtins.open", "file": str(mark), "mode": "w"}))
+    option = os.path.relpath(evil.with_suffix(""), Path(CONF) / "model")
+    assert (Path(CONF) / "model" / f"{option}.yaml").resolve() == evil.resolve()  # the payload names it
+    plant_overrides(f"model={option}")(run, mark)
+    before = snapshot(run)
+    capsys.readouterr()
+    assert status(["train", f"resume={run}", *RESUME]) == 2
+    err = one_line(capsys)
+    assert "overrides.yaml" in err and "is not an option of the config group 'model'" in err, err
     assert not mark.exists()
     assert snapshot(run) == before
 

@@ -132,18 +132,22 @@ def test_a_factored_update_equals_the_dense_update_to_rounding(shape):
         assert all(p.grad is None for p in params.values())  # nothing held after the step
 
 
-def test_an_optimizer_with_state_gets_the_dense_estimate():
-    """Momentum needs g itself: the factored estimate is formed and torch's SGD steps on it,
-    bit for bit as if it had been dense from the start."""
+@pytest.mark.parametrize("optimizer_type", [torch.optim.SGD, ManualSGD])
+@pytest.mark.parametrize("settings", [dict(momentum=0.9), dict(weight_decay=0.01),
+                                      dict(momentum=0.9, nesterov=True)], ids=["momentum", "weight_decay", "nesterov"])
+def test_an_optimizer_with_state_gets_the_dense_estimate(optimizer_type, settings):
+    """Momentum needs g itself, and weight decay adds λθ to it: the factored estimate is formed
+    and the optimizer steps on it, bit for bit as torch's SGD on the dense estimate (a factored
+    update θ − lr·Σ u wᵀ would drop the decay term λθ)."""
     generator = torch.Generator().manual_seed(1)
     estimate = LowRank(torch.randn(2, 5, generator=generator), torch.randn(2, 4, generator=generator),
                        torch.Size((5, 4)))
     theta = torch.randn(5, 4, generator=generator)
     factored, reference = {"w": theta.clone()}, theta.clone()
-    momentum = torch.optim.SGD([factored["w"]], lr=0.1, momentum=0.9)
-    torch_sgd = torch.optim.SGD([reference], lr=0.1, momentum=0.9)
+    ours = optimizer_type([factored["w"]], lr=0.1, **settings)
+    torch_sgd = torch.optim.SGD([reference], lr=0.1, **settings)
     for _ in range(3):
-        apply(momentum, factored, {"w": estimate})
+        apply(ours, factored, {"w": estimate})
         reference.grad = estimate.dense()
         torch_sgd.step()
     assert torch.equal(factored["w"], reference)
