@@ -23,6 +23,33 @@ torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def shared_mnist() -> Path | None:
+    """The folder holding real MNIST's raw files, where this machine has one: $GRADBENCH_DATA's
+    MNIST/raw, else the nearest shared/data/MNIST/raw beside the clone or a folder above it
+    (the development machines and CI keep it in ../shared/data; a user's fresh clone has none)."""
+    if os.environ.get("GRADBENCH_DATA"):
+        candidate = Path(os.environ["GRADBENCH_DATA"]).expanduser() / "MNIST" / "raw"
+        if candidate.is_dir():
+            return candidate
+    for folder in Path(__file__).resolve().parents[1].parents:
+        candidate = folder / "shared" / "data" / "MNIST" / "raw"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def mnist_root(folder: Path) -> Path | None:
+    """A data root in `folder` whose MNIST/raw links to the shared raw files (so split caches
+    are written in `folder`, never in the shared one), or None where there is no real MNIST."""
+    raw = shared_mnist()
+    if raw is None:
+        return None
+    (folder / "MNIST").mkdir(parents=True, exist_ok=True)
+    if not (folder / "MNIST" / "raw").exists():
+        (folder / "MNIST" / "raw").symlink_to(raw)
+    return folder
+
+
 def run_dirs(root: Path) -> list[Path]:
     """Every run dir (a folder with .hydra/) under root/outputs, oldest first."""
     return sorted(p.parent for p in (root / "outputs").rglob(".hydra"))
