@@ -251,11 +251,11 @@ def test_the_lock_admits_one_holder(tmp_path):
         pass
 
 
-def test_a_second_writer_is_refused_with_the_holders_pid(run, capsys):
+def test_a_second_writer_is_refused_with_the_holders_pid(run, capsys, processes):
     """A real concurrent `resume=RUN`: the second one is refused naming the first one's PID;
     the lock goes with the process, even on kill -9."""
-    first = subprocess.Popen([GRADBENCH, "train", f"resume={run}", "max_steps=100000000", "threads=1"],
-                             cwd=run.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = processes.start([GRADBENCH, "train", f"resume={run}", "max_steps=100000000", "threads=1"],
+                            cwd=run.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while len(read_metrics(run / "metrics.csv")) <= 20:  # the first one is training
