@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow test-all clean reports bench threads test-functions fwd-vs-bwd paper-mnist fg-family variance five-models toy-backprop gd-vs-nag cifar-search depth bench-depth
+.PHONY: help setup run test test-slow test-all mutations clean reports bench threads test-functions fwd-vs-bwd paper-mnist fg-family variance five-models toy-backprop gd-vs-nag cifar-search depth bench-depth
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ test-slow: setup ## only the slow tests (report make targets on penguins, the in
 
 test-all: setup ## every test, slow ones included
 	$(BIN)/python -m pytest
+
+mutations: setup ## plant each known bug in a temporary copy of the tree and expect a test to fail (tests/mutate.py; a few minutes)
+	$(BIN)/python tests/mutate.py
 
 clean: ## remove outputs/ (runs and reports); keeps .venv
 	rm -rf outputs/runs outputs/multirun outputs/reports

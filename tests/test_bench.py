@@ -150,6 +150,20 @@ def test_threads_auto_takes_one_thread_for_a_small_step_and_the_idle_cores_for_a
     assert threads.choose("auto", cuda, lambda: 0) == 4  # the GPU does the work
 
 
+def test_idle_cores_is_the_idle_share_of_the_cores(monkeypatch):
+    """From two /proc/stat samples: idle jiffies gained / all jiffies gained × cores. Samples
+    stated here, so both bounds are exact (the busy-process test below can only bound from
+    above on a machine others share)."""
+    from gradbench.run import threads
+
+    samples = iter([(1000, 4000), (1150, 4200)])  # 150 of 200 jiffies idle
+    monkeypatch.setattr(threads, "_cpu_times", lambda: next(samples))
+    monkeypatch.setattr(threads.os, "cpu_count", lambda: 4)
+    assert threads.idle_cores(0) == pytest.approx(3.0)
+    monkeypatch.setattr(threads, "_cpu_times", lambda: None)  # no /proc/stat: unknown, not 0
+    assert threads.idle_cores(0) is None
+
+
 def test_idle_cores_sees_a_busy_process():
     """With one CPU-bound process beside it, at most cores − 1 (+ 0.3 for sampling noise) are idle."""
     import os

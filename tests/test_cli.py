@@ -131,13 +131,13 @@ def test_eval_without_arguments_is_usage_on_stderr_exit_2(runner, capsys):
     assert captured.err.startswith("usage: gradbench eval RUN_DIR")
 
 
-def test_ctrl_c_during_start_up_is_one_line_exit_130(tmp_path):
+def test_ctrl_c_during_start_up_is_one_line_exit_130(tmp_path, processes):
     """SIGINT while the command still imports and composes: no KeyboardInterrupt traceback."""
     # as from a terminal: SIGINT at its default (a test run started in the background, `make test &`,
     # hands its children SIGINT ignored, and a process that ignores Ctrl-C rightly trains on)
-    process = subprocess.Popen([GRADBENCH, "train", "max_steps=5"], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    process = processes.start([GRADBENCH, "train", "max_steps=5"], cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.5)  # past Python's start-up, inside gradbench's imports (torch takes seconds)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import GRADBENCH, load_run, run_dirs
+from conftest import GRADBENCH, Processes, kill_all, load_run, processes_with, run_dirs, wait_until_gone
 from gradbench.cli import main
 from gradbench.run.metrics import read_metrics
 
@@ -29,12 +29,15 @@ STATEFUL = ["estimator=forward", "batch_size=16", "optimizer.momentum=0.5", "opt
             "plot=false", "log_every_s=1000", "threads=1"]
 
 
-def start(cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([GRADBENCH, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **(env or {})})
+def start(processes: Processes, cwd: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """`gradbench ARGS` in a process group of its own, killed when the test ends (conftest)."""
+    return processes.start([GRADBENCH, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env={**os.environ, **(env or {})})
 
 
-def wait_for(path: Path, timeout: float = 60) -> None:
+# Deadlines are generous and polled: a run's first file comes after Python, torch and Hydra
+# start (~5 s idle, ~30 s at load 8 on 2 cores), so waits for one get 120 s.
+def wait_for(path: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
         assert time.monotonic() < deadline, f"{path} never appeared"
@@ -64,12 +67,12 @@ def reference(tmp_path_factory) -> pd.DataFrame:
 
 @pytest.mark.slow  # ~40 s over 3 seeds of the kill moment (make test-slow; CI runs it)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(tmp_path, reference, seed):
+def test_kill_9_at_a_random_moment_then_resume_equals_an_uninterrupted_run(tmp_path, reference, seed, processes):
     """After the first checkpoint, kill -9 at a seeded random step: metrics.csv holds whole,
     consecutive rows, the checkpoint loads, and `resume=RUN_DIR` completes the run with a
     metrics.csv equal to the uninterrupted one's, bit for bit but for the time columns."""
     run = tmp_path / "run"
-    process = start(tmp_path, "train", *STATEFUL, "max_steps=600", f"hydra.run.dir={run}")
+    process = start(processes, tmp_path, "train", *STATEFUL, "max_steps=600", f"hydra.run.dir={run}")
     wait_for(run / "checkpoint.pt")
     # the moment is a step, not a time: a time lets a fast machine finish the run before the kill
     wait_for_rows(run / "metrics.csv", random.Random(seed).randint(8, 500))
@@ -108,14 +111,15 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_stops_the_run_cleanly_with_every_output(tmp_path, signum, code):
+def test_a_signal_stops_the_run_cleanly_with_every_output(tmp_path, signum, code, processes):
     run = tmp_path / "run"
-    process = start(tmp_path, "train", "max_steps=null", "max_epochs=null", "eval_every=50", "threads=1",
+    process = start(processes, tmp_path, "train", "max_steps=null", "max_epochs=null", "eval_every=50", "threads=1",
                     f"hydra.run.dir={run}")
     wait_for(run / "metrics.csv")
-    time.sleep(0.5)
+    wait_for_rows(run / "metrics.csv", 5)  # training, not starting
     process.send_signal(signum)
-    _, stderr = process.communicate(timeout=60)
+    # the run finishes its step and writes checkpoint, model, summary and plots (a few seconds idle)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == code
     assert "Traceback" not in stderr and f"interrupted by {signal.Signals(signum).name}" in stderr
     frame, summary = load_run(run)
@@ -124,44 +128,42 @@ def test_a_signal_stops_the_run_cleanly_with_every_output(tmp_path, signum, code
         assert (run / name).exists(), name
 
 
-def _processes_with(marker: str) -> list[int]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
-            pass
-    return found
-
-
-def test_sigterm_to_a_parallel_sweep_leaves_no_process_behind(tmp_path):
+def test_sigterm_to_a_parallel_sweep_leaves_no_process_behind(tmp_path, processes):
     """The joblib workers die with their parent: SIGTERM reaches them, they finish their step,
-    write their outputs and exit (within seconds, not 'training forever')."""
+    write their outputs and exit (within seconds, not 'training forever'). Every wait polls for
+    its event with a deadline scaled to it; whatever the outcome, every process of the sweep is
+    killed before the test ends (the `processes` fixture kills the group; the mark finds a worker
+    that left it)."""
     marker = f"GRADBENCH_TEST_{uuid.uuid4().hex}"
-    process = start(tmp_path, "train", "-m", "hydra/launcher=parallel", "threads=1", "seed=0,1,2,3",
-                    "max_steps=100000", "plot=false", f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    sweep = tmp_path / "sweep"
+    process = start(processes, tmp_path, "train", "-m", "hydra/launcher=parallel", "threads=1", "seed=0,1,2,3",
+                    "max_steps=100000", "plot=false", "log_every_s=1000", f"hydra.sweep.dir={sweep}",
                     env={marker: "1"})
-    wait_for(tmp_path / "sweep" / "1" / "metrics.csv")
-    time.sleep(1.0)
-    process.send_signal(signal.SIGTERM)
-    process.communicate(timeout=60)
-    deadline = time.monotonic() + 30
-    while _processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _processes_with(marker) == []
-    stopped = [json.loads(p.read_text())["stop_reason"] for p in (tmp_path / "sweep").glob("*/summary.json")]
+    try:
+        # both workers training: their metrics.csv exist and grow (start-up: up to ~1 min loaded)
+        for job in ("0", "1"):
+            wait_for(sweep / job / "metrics.csv")
+            wait_for_rows(sweep / job / "metrics.csv", 5)
+        process.send_signal(signal.SIGTERM)
+        # each worker finishes its step and writes its outputs, then the parent reports: seconds
+        # idle; 120 s covers a loaded machine
+        process.communicate(timeout=120)
+        left = wait_until_gone(lambda: processes_with(marker), timeout=60)
+        assert left == {}, f"still running after SIGTERM: {left}"
+    finally:
+        kill_all(processes_with(marker))
+    stopped = [json.loads(p.read_text())["stop_reason"] for p in sweep.glob("*/summary.json")]
     assert stopped and set(stopped) == {"interrupted"}
 
 
 @pytest.mark.slow  # ~50 s: two sweeps and a kill (make test-slow; CI runs it)
-def test_a_killed_sweep_relaunched_with_skip_done_trains_only_the_missing_jobs(tmp_path):
+def test_a_killed_sweep_relaunched_with_skip_done_trains_only_the_missing_jobs(tmp_path, processes):
     """Kill -9 the sweep half-way through its third job; relaunch with skip_done=true and
     resume=true added and the keys in another order: the finished jobs are skipped (counted),
     the third continues from its checkpoint, the fourth trains, and the report equals an
     uninterrupted sweep's."""
     args = ["seed=0,1,2,3", "max_steps=3000", "checkpoint_every=100", "model=logreg", "plot=false", "threads=1"]
-    process = start(tmp_path, "train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'a'}")
+    process = start(processes, tmp_path, "train", "-m", *args, f"hydra.sweep.dir={tmp_path / 'a'}")
     wait_for(tmp_path / "a" / "2" / "checkpoint.pt")  # jobs 0 and 1 done, job 2 half-way
     process.kill()
     process.wait()

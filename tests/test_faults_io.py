@@ -70,13 +70,13 @@ def gradbench_lines(stderr: str) -> list[str]:
 
 @pytest.mark.slow  # ~28 s: subprocess runs signalled twice (make test-slow; CI runs it)
 @pytest.mark.parametrize("at", ["checkpoint.pt", "loss.png"])
-def test_sigterm_during_the_end_writes_lets_them_finish_then_exits_143(tmp_path, at):
+def test_sigterm_during_the_end_writes_lets_them_finish_then_exits_143(tmp_path, at, processes):
     """The signal comes while the final checkpoint (or the first plot) is being written: every
     output is still written, the summary says how the run stopped, then one line and exit 143."""
     run = tmp_path / "run"
     script = tmp_path / "pause.py"
     script.write_text(PAUSE)
-    process = subprocess.Popen(
+    process = processes.start(
         [sys.executable, str(script), "train", "max_steps=30", "eval_every=10", "checkpoint_every=null", *QUIET,
          f"hydra.run.dir={run}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "GB_PAUSE_AT": at, "GB_PAUSE_MARK": str(tmp_path / "paused")})

@@ -24,6 +24,7 @@ from gradbench.cli import CONF
 from gradbench.data import images
 from gradbench.data.images import cifar10, mnist
 from gradbench.errors import ConfigError
+from gradbench.estimators import Forward
 from gradbench.models import Objective
 from gradbench.models.cnn import CNN
 
@@ -137,6 +138,25 @@ def test_cnn_with_four_tangents(runner, tmp_path):
                    "estimator=forward", "estimator.num_tangents=4", "max_steps=3", *FAST)
     _, summary = load_run(run)
     assert summary["estimator"]["num_tangents"] == 4 and summary["stop_reason"] == "max_steps"
+    # What K = 4 does, not its echo: the estimate averages 4 tangents, so its error is a quarter
+    # of one tangent's. On a small CNN in float64, R = 200 estimates: ‖g − ∇L‖² over its
+    # expectation (E‖g₁‖² − ‖∇L‖²)/K (Forward.spread) has mean 1 within 4 standard errors
+    # (sample std / √R); one tangent would give a mean near K = 4, some 20 standard errors away.
+    model = CNN((1, 8, 8), 10, channels=[4, 2], pool_after=[2], hidden=[6])
+    model.initialise(torch.Generator().manual_seed(0))
+    model.double()
+    generator = torch.Generator().manual_seed(1)
+    objective = Objective(model, torch.randn(16, 1, 8, 8, generator=generator, dtype=torch.float64),
+                          torch.randint(0, 10, (16,), generator=generator))
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    leaves = {k: p.clone().requires_grad_() for k, p in params.items()}
+    t = torch.cat([g.flatten() for g in torch.autograd.grad(objective.loss(leaves), list(leaves.values()))])
+    forward = Forward(num_tangents=4, generator=torch.Generator().manual_seed(2))
+    expected = forward.spread(objective, params, dict(zip(params, t.split([p.numel() for p in params.values()])))) \
+        .variance * t.square().sum().item()
+    ratios = torch.stack([(torch.cat([g.flatten() for g in forward(objective, params)[1].values()]) - t).square().sum()
+                          / expected for _ in range(200)])
+    assert abs(ratios.mean().item() - 1) < 4 * ratios.std().item() / math.sqrt(len(ratios)), ratios.mean().item()
 
 
 # ---------------------------------------------------------------- splits, classes, normalisation

@@ -3,7 +3,6 @@
 import json
 import os
 import random
-import signal
 import subprocess
 import time
 import uuid
@@ -12,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import GRADBENCH
+from conftest import GRADBENCH, kill_all, processes_with, wait_until_gone
 from gradbench.cli import main
 
 
@@ -65,21 +64,8 @@ def test_the_slurm_launcher_without_slurm_is_one_line_before_any_dir(runner):
     assert not out.exists()
 
 
-def _processes_with(marker: str) -> dict[int, str]:
-    """pid → command line of every live process whose environment holds `marker` (zombies have
-    an empty environ)."""
-    found = {}
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and marker.encode() in (proc / "environ").read_bytes():
-                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
-        except OSError:
-            pass
-    return found
-
-
 @pytest.mark.slow
-def test_kill_9_of_a_parallel_sweep_at_random_moments_leaves_no_process(tmp_path):
+def test_kill_9_of_a_parallel_sweep_at_random_moments_leaves_no_process(tmp_path, processes):
     """kill -9 of a parallel sweep's parent, 10 times at seeded random moments (while it starts,
     while its workers start, while they train): within seconds no process of the sweep is left,
     and no worker takes a queued job after the parent died."""
@@ -87,14 +73,14 @@ def test_kill_9_of_a_parallel_sweep_at_random_moments_leaves_no_process(tmp_path
     for attempt in range(10):
         marker = f"GRADBENCH_TEST_{uuid.uuid4().hex}"
         sweep = tmp_path / str(attempt)
-        parent = subprocess.Popen([GRADBENCH, "train", "-m", "hydra/launcher=parallel", "threads=1", "seed=0,1,2,3,4,5",
-                                   "max_steps=100000", "plot=false", "log_every_s=1000", f"hydra.sweep.dir={sweep}"],
-                                  cwd=tmp_path, env={**os.environ, marker: "1"},
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        parent = processes.start([GRADBENCH, "train", "-m", "hydra/launcher=parallel", "threads=1", "seed=0,1,2,3,4,5",
+                                  "max_steps=100000", "plot=false", "log_every_s=1000", f"hydra.sweep.dir={sweep}"],
+                                 cwd=tmp_path, env={**os.environ, marker: "1"},
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         phase = attempt % 3  # 0: the parent starting; 1: a worker starting; 2: the workers training
         deadline = time.monotonic() + 120
         while phase and time.monotonic() < deadline:
-            if phase == 1 and set(_processes_with(marker)) - {parent.pid}:
+            if phase == 1 and set(processes_with(marker)) - {parent.pid}:
                 break
             if phase == 2 and list(sweep.glob("*/metrics.csv")):
                 break
@@ -102,12 +88,9 @@ def test_kill_9_of_a_parallel_sweep_at_random_moments_leaves_no_process(tmp_path
         time.sleep(rng.uniform(0.0, 3.0 if phase == 0 else 1.5))
         parent.kill()
         parent.wait()
-        deadline = time.monotonic() + 10
-        while _processes_with(marker) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        left = _processes_with(marker)
-        for pid in left:  # leave nothing behind for the next try, whatever the verdict
-            os.kill(pid, signal.SIGKILL)
+        # the workers see their parent gone within a second or two; 30 s covers a loaded machine
+        left = wait_until_gone(lambda: processes_with(marker), timeout=30)
+        kill_all(left)  # leave nothing behind for the next try, whatever the verdict
         if left:
             leftovers.append((attempt, phase, left))
         started = sorted(p.parent.name for p in sweep.glob("*/metrics.csv"))

@@ -29,7 +29,8 @@ def test_options_and_keys_read_as_words():
     assert names.setting("estimator.structure", "rank1") == "rank-1 tangents"
     assert names.setting("+model.local_losses", "true") == "local losses"
     assert names.setting("eval_every", "5") == "eval every 5"  # a key the registry lacks: still words
-    assert names.SPLITS["train"] == "training"
+    # stated literally, not through the registry under test: a swap of val and test must fail
+    assert names.SPLITS == {"train": "training", "val": "validation", "test": "test", "batch": "batch"}
 
 
 def test_a_label_leaves_out_keys_a_group_lacks_and_defaults():

@@ -22,7 +22,6 @@ from gradbench.cli import CONF, main
 from gradbench.columns import METRICS, RUN, STEP_COLUMNS, better, describe, split_of
 from gradbench.estimators.probes import GradientProbe
 from gradbench.present.figstyle import SPLIT_COLOURS, WIDTHS, Look, wrap
-from gradbench.present.names import SPLITS
 from gradbench.present.plots import draw_run
 from gradbench.present.report_plots import draw_overlays, style
 
@@ -73,8 +72,9 @@ def test_run_plots_say_what_ran_and_keep_one_colour_per_split(runner):
         assert "seed 3" in title and "=" not in title and "plot" not in title  # result-neutral keys left out
         for ax in fig.axes:
             colours = lines(ax)
-            for split in ("train", "val", "test"):
-                assert colours[SPLITS[split]] == SPLIT_COLOURS[split]
+            # the legend's words stated literally (not through names.SPLITS, the registry under test)
+            for split, word in (("train", "training"), ("val", "validation"), ("test", "test")):
+                assert colours[word] == SPLIT_COLOURS[split]
             first = next(line for line in ax.get_lines() if line.get_label() == "training")
             if ax is fig.axes[0]:
                 assert first.get_xdata()[0] == 0  # the initial evaluation, step 0
@@ -82,6 +82,9 @@ def test_run_plots_say_what_ran_and_keep_one_colour_per_split(runner):
         assert all(t == int(t) for t in fig.axes[0].get_xticks())  # 10 steps: no tick at 2.5
     assert figures["loss"].axes[0].get_yscale() == "log" and figures["accuracy"].axes[0].get_yscale() == "linear"
     assert lines(figures["loss"].axes[0])["batch (each step)"] == SPLIT_COLOURS["batch"]
+    for ax in figures["loss"].axes:  # the noisy batch loss is drawn behind the evaluations' curves
+        order = [line.get_label() for line in sorted(ax.get_lines(), key=lambda line: line.get_zorder())]
+        assert order.index("batch (each step)") < min(order.index(w) for w in ("training", "validation", "test"))
     # errors.png: rates (errors / split size = 1 − accuracy), so splits of 204 and 69 compare
     assert figures["errors"].axes[0].get_ylabel() == "error rate"
     for rate, accuracy in zip(figures["errors"].axes[0].get_lines(), figures["accuracy"].axes[0].get_lines()):

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import mnist_root
 from gradbench.cli import CONF
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,6 +74,10 @@ def test_every_readme_training_command_runs_to_a_sensible_result(runner, tmp_pat
                                                                  args, text):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
+    # the data root: real MNIST where this machine has it (the MNIST commands then run), else
+    # an empty one (they skip with the data's own line); the split cache goes to tmp either way
+    data = mnist_root(tmp_path / "data") or tmp_path / "data"
+    monkeypatch.setenv("GRADBENCH_DATA", str(data))
     for line in setup_lines():
         subprocess.run(["bash", "-c", line], check=True, env={"HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"})
     monkeypatch.setattr(torchvision.datasets.utils, "download_url",

@@ -15,12 +15,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from conftest import shared_mnist
 from gradbench.data.images import mnist
 from gradbench.run.job import stream
 from gradbench.models import MLP
 from gradbench.present.report_runs import mean_ci
 
-RAW = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "MNIST" / "raw"
+RAW = shared_mnist() or Path("/nonexistent")  # $GRADBENCH_DATA or ../shared/data (conftest)
 STEPS, SEEDS = 2000, (0, 1, 2)
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not RAW.is_dir(), reason="real MNIST not in ../shared/data")]
 

@@ -273,6 +273,19 @@ def test_ties_for_the_best_group_are_said_to_be_ties():
     assert "No other group is tied" in best_section(table.loc[2], "val_accuracy", [], None)
 
 
+def test_a_group_with_a_failed_run_is_not_best_while_a_complete_one_exists():
+    """A group's mean leaves its failed runs out, so it may look best on the seeds that
+    survived: it is no candidate (nor a tie) while some group completed every run; when no
+    group did, the best is chosen among them all."""
+    table = pd.DataFrame({"group": ["lucky", "complete", "worse"], "ok": [2, 3, 3], "failed": [1, 0, 0],
+                          "stops": "max_steps×3", "val_accuracy": [0.99, 0.90, 0.89],
+                          "val_accuracy_ci": [0.01, 0.02, 0.02]})
+    best = best_row(table, "val_accuracy")
+    assert table.at[best, "group"] == "complete" and ties(table, "val_accuracy", best) == [2]
+    every_group_failed_once = table.assign(failed=1)
+    assert every_group_failed_once.at[best_row(every_group_failed_once, "val_accuracy"), "group"] == "lucky"
+
+
 def test_report_figures_as_pdf_and_svg_in_the_paper_style(toynet, tmp_path):
     out = report(toynet, "--style", "paper", "--width", "page", "--format", "pdf", "svg", out=tmp_path / "paper")
     assert (out / "train_loss.pdf").read_bytes().startswith(b"%PDF")

@@ -7,6 +7,7 @@ that nothing planted was called, and that the run's files are byte for byte what
 
 import hashlib
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -21,8 +22,9 @@ import yaml
 
 from conftest import FAST, GRADBENCH
 from gradbench.run import rundir
+from gradbench.run.checkpoint import differences as rundir_differences
 from gradbench.cli import main
-from gradbench.errors import Interrupted, hydra_quote
+from gradbench.errors import Interrupted, OccupiedRunDir, hydra_quote
 from gradbench.run.metrics import read_metrics
 
 
@@ -139,6 +141,63 @@ def test_a_run_dir_cannot_make_gradbench_call_anything(run, tmp_path, capsys, pa
     assert snapshot(run) == before
 
 
+def test_a_group_option_outside_the_config_dirs_is_refused(run, tmp_path, capsys):
+    """`model=../../…/evil` naming a YAML file that EXISTS outside conf/ (a file that does not
+    exist is refused before the path guard is reached): resolved, it is not inside the group's
+    folder, so resume refuses in one line and the file's `_target_` is never called."""
+    from gradbench.paths import CONF
+
+    mark = tmp_path / "called"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(yaml.safe_dump({"_target_": "builtins.open", "file": str(mark), "mode": "w"}))
+    option = os.path.relpath(evil.with_suffix(""), Path(CONF) / "model")
+    assert (Path(CONF) / "model" / f"{option}.yaml").resolve() == evil.resolve()  # the payload names it
+    plant_overrides(f"model={option}")(run, mark)
+    before = snapshot(run)
+    capsys.readouterr()
+    assert status(["train", f"resume={run}", *RESUME]) == 2
+    err = one_line(capsys)
+    assert "overrides.yaml" in err and "is not an option of the config group 'model'" in err, err
+    assert not mark.exists()
+    assert snapshot(run) == before
+
+
+# Keys whose change changes the result (stated here, not read from checkpoint.NEUTRAL, the list
+# under test) and keys that change none: where output goes, how often it is logged, threads.
+RESULT_KEYS = {"optimizer.lr": 0.1, "optimizer.momentum": 0.0, "model.hidden": [8], "estimator.num_tangents": 1,
+               "dataset.name": "penguins", "seed": 0, "batch_size": None, "schedule.rate": 0.0, "eval_chunk": 4096}
+NEUTRAL_KEYS = {"threads": 1, "plot": True, "log_every_s": 10, "logger": "csv", "save_model": True,
+                "checkpoint_every": 100, "resume": False, "skip_done": False}
+
+
+def nested(dotted: dict) -> dict:
+    out: dict = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+@pytest.mark.parametrize("key", RESULT_KEYS)
+def test_result_changing_keys_are_differences_and_neutral_ones_are_not(key):
+    """A stored run and this command differ in one key: a result-changing key is named (resume
+    then refuses to continue the run under another config); a neutral key is not."""
+    stored = nested({**RESULT_KEYS, **NEUTRAL_KEYS})
+    changed = nested({**RESULT_KEYS, key: "other", **{k: "other" for k in NEUTRAL_KEYS}})
+    assert rundir_differences(stored, changed) == [f"{key}: {RESULT_KEYS[key]!r} → 'other'"]
+
+
+def test_resuming_under_another_optimizer_is_refused(run, capsys):
+    before = snapshot(run)
+    capsys.readouterr()
+    assert status(["train", f"resume={run}", *RESUME, "optimizer.lr=0.5"]) == 2
+    assert "holds a run of another config (optimizer.lr: 0.05 → 0.5)" in one_line(capsys)
+    assert snapshot(run) == before
+
+
 BREAKS = {  # name → (how the finished run is broken, resume overrides, the file the refusal names)
     "garbage metrics.csv": (lambda r: (r / "metrics.csv").write_text("step,what\nnot,a,row\n"), RESUME,
                             "metrics.csv"),
@@ -181,18 +240,33 @@ def test_resuming_a_diverged_run_is_refused_and_writes_nothing(tmp_path, monkeyp
     assert snapshot(run) == before
 
 
-def test_a_second_writer_is_refused_with_the_holders_pid(run, capsys):
+def test_the_lock_admits_one_holder(tmp_path):
+    """Two holders of the run dir's lock (two open files, as two processes have): the second is
+    refused at once, naming the first one's PID; after the first lets go, it is free again."""
+    with rundir.lock(tmp_path):
+        with pytest.raises(OccupiedRunDir, match=f"another gradbench process \\(PID {os.getpid()}\\)"):
+            with rundir.lock(tmp_path):
+                pass
+    with rundir.lock(tmp_path):
+        pass
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(run, capsys, processes):
     """A real concurrent `resume=RUN`: the second one is refused naming the first one's PID;
     the lock goes with the process, even on kill -9."""
-    first = subprocess.Popen([GRADBENCH, "train", f"resume={run}", "max_steps=100000000", "threads=1"],
-                             cwd=run.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = processes.start([GRADBENCH, "train", f"resume={run}", "max_steps=100000000", "threads=1"],
+                            cwd=run.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while len(read_metrics(run / "metrics.csv")) <= 20:  # the first one is training
             assert first.poll() is None and time.monotonic() < deadline, "the first writer never trained"
             time.sleep(0.1)
         capsys.readouterr()
-        assert status(["train", f"resume={run}", "max_steps=100000000"]) == 2
+        # a budget a few hundred steps past the first one's: were the lock not exclusive, this
+        # second writer would train those steps and return within seconds, failing the test
+        # rather than hanging it
+        budget = len(read_metrics(run / "metrics.csv")) + 300
+        assert status(["train", f"resume={run}", f"max_steps={budget}", "threads=1"]) == 2
         assert f"is being written by another gradbench process (PID {first.pid})" in one_line(capsys)
     finally:
         first.send_signal(signal.SIGKILL)

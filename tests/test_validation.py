@@ -35,6 +35,10 @@ CASES = [
     (["seed=1.5"], "seed must be an integer, got 1.5"),
     (["sweep_metric=val_foo"], "sweep_metric must be <split>_<metric>"),
     (["checkpoint_every=0"], "checkpoint_every must be a positive integer or null, got 0"),
+    (["eval_chunk=0"], "eval_chunk must be >= 1, got 0"),  # else a traceback from torch.split
+    (["max_epochs=0"], "max_epochs must be a positive integer or null, got 0"),  # else a 0-step run, exit 0
+    (["eval_every=0"], "eval_every must be >= 1, got 0"),
+    (["eval_splits=[foo]"], "eval_splits must be a subset of ['train', 'val', 'test'], got ['foo']"),
     (["model=toynet"], "model toynet learns from unlabelled inputs (report 002): use dataset=toy_inputs"),
     (["optimizer.momentum=0.9", "optimizer.nesterov=true", "+optimizer.dampening=0.5"],
      "optimizer (torch.optim.SGD): Nesterov momentum requires a momentum and zero dampening"),
