@@ -89,7 +89,7 @@ def plot(frame: pd.DataFrame, x: str, stem: Path, look: Look = Look()) -> list[P
 
 
 def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
-    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=look.size((11, 4.2)))
+    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=look.size((11, 4.2)), layout="constrained")
     for estimator, rows in frame.groupby("estimator", sort=False):
         rows = rows.groupby(x).median(numeric_only=True).sort_index()
         estimator = names.option("estimator", estimator)
@@ -108,7 +108,6 @@ def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
         ax.legend()
     if look.titles:
         fig.suptitle(f"Estimate + update (one step) against {AXES[x]}; {threads} threads, {frame['device'].iloc[0]}")
-    fig.tight_layout()
     return look.save(fig, stem)
 
 

@@ -37,11 +37,11 @@ SAME = 1e-4  # relative difference at every step below which two mean curves are
 
 
 def style(i: int) -> dict:
-    """Group i's colour, line style and marker: the eight Okabe–Ito colours, the style and the
-    marker changing with each round of eight, so no two of 100 groups look alike."""
+    """Group i's colour, line style and marker: the seven palette colours, the style changing
+    with each round of seven, the marker with every group; 7 × 3 and 8 markers are coprime, so
+    no two of 168 groups look alike."""
     n = len(PALETTE)
-    return {"color": PALETTE[i % n], "linestyle": STYLES[(i // n) % len(STYLES)],
-            "marker": MARKERS[(i + i // n) % len(MARKERS)]}
+    return {"color": PALETTE[i % n], "linestyle": STYLES[(i // n) % len(STYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
 def curve_columns(frames: list[pd.DataFrame]) -> list[str]:
@@ -90,7 +90,7 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look 
     drawn = {}
     thin, bold = plt.rcParams["lines.linewidth"] * 0.5, plt.rcParams["lines.linewidth"] * 1.5
     for column in curve_columns([f for runs in groups.values() for f, _ in runs]):
-        fig, axes = plt.subplots(1, 2, figsize=look.size((12.5, 4.8)), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=look.size((12.5, 4.8)), sharey=True, layout="constrained")
         handles, positive, ends, means = [], True, [], {}
         for i, (name, runs) in enumerate(groups.items()):
             look_i = style(i)
@@ -136,7 +136,6 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look 
         if look.titles:
             fig.suptitle(f"{axis_label(column).capitalize()}: bold = mean over the seeds (only where every finished "
                          f"seed still runs), thin = each seed, dotted ✕ = diverged or failed", fontsize="medium")
-        fig.tight_layout()
         drawn[column] = fig
     return drawn
 
@@ -202,7 +201,7 @@ def plot_confusion(matrix: np.ndarray, title: str, stem: Path, classes: list[str
     tilt = max(map(len, classes)) > 3
     with look.rc():
         side = max(3.5, 1.2 + 0.6 * k)
-        fig, ax = plt.subplots(figsize=look.size((side, side), panels=1) if look.paper else (side, max(3.5, 1.0 + 0.6 * k)))
+        fig, ax = plt.subplots(figsize=look.size((side, max(3.5, 1.0 + 0.6 * k)), panels=1), layout="constrained")
         ax.imshow(matrix, cmap="Blues")
         integral = np.allclose(matrix, np.round(matrix))
         for (i, j), v in np.ndenumerate(matrix):
@@ -214,5 +213,4 @@ def plot_confusion(matrix: np.ndarray, title: str, stem: Path, classes: list[str
         ax.set_ylabel("true class")
         if look.titles:
             ax.set_title("\n".join(textwrap.fill(line, 45) for line in title.splitlines()), fontsize="small")
-        fig.tight_layout()
         return look.save(fig, stem)
