@@ -5,8 +5,9 @@ one table, and scaling curves or the thread-count table.
     gradbench bench-report outputs/bench/depth --x layers
 
 Writes OUT/bench.md (all rows, grouped by the run they came from) and, with `--x`, OUT/scaling_<x>.png:
-median step time (bars: interquartile range) and peak memory per step against `x`
-(batch_size, num_params or layers), one line per estimator, log-log. A pure function of the
+median step time (band: the interquartile range's width about the median) and peak memory per
+step against `x` (batch_size, num_params or layers), one line per estimator, log-log, a caption
+line under the panels saying the model, data, batch and band in every style. A pure function of the
 bench.csv files, so any set of bench runs can be re-plotted later. `--threads` (after `make
 threads`: each workload timed at several thread counts, `bench.load` 0 and 1) writes
 OUT/threads.md: step time per thread count with and without the background process, the count
@@ -16,18 +17,23 @@ OUT/threads.md: step time per thread count with and without the background proce
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
+import yaml
 from matplotlib.ticker import FuncFormatter, NullLocator
 
 from gradbench.present import names
 from gradbench.commands.bench import COLUMNS, format_table
-from gradbench.present.figstyle import Look, add_arguments, look_of
+from gradbench.present.figstyle import Look, add_arguments, look_of, plain_log_ticks, wrap
+from gradbench.present.report_runs import hydra_choices
 
 AXES = {"batch_size": "batch size", "num_params": "parameters", "layers": "depth (weight layers)"}
+# the band around each step-time line: bench.csv keeps the median and the IQR (q3 − q1), not the quartiles
+BAND = "band: interquartile range of the step times (its width, centred on the median)"
 
 
 def _tick(value: float, _=None) -> str:
@@ -35,15 +41,54 @@ def _tick(value: float, _=None) -> str:
 
 
 def load(root: Path) -> pd.DataFrame:
-    """Every bench.csv under `root`, with a `run` column (its folder relative to root)."""
+    """Every bench.csv under `root`, with a `run` column (its folder relative to root) and the
+    `model` and `dataset` it timed in words (from the run's .hydra/; empty without it)."""
     frames = []
     for path in sorted(root.rglob("bench.csv")):
         frame = pd.read_csv(path)
         frame.insert(0, "run", str(path.parent.relative_to(root)) or ".")
+        frame["model"], frame["dataset"] = what_ran(path.parent)
         frames.append(frame)
     if not frames:
         raise SystemExit(f"gradbench bench-report: error: no bench.csv under {root}")
     return pd.concat(frames, ignore_index=True)
+
+
+def what_ran(run_dir: Path) -> tuple[str, str]:
+    """(model, dataset) of a bench run in display names: ("MLP 784-1024-1024-10", "MNIST")."""
+    path = run_dir / ".hydra" / "config.yaml"
+    choices = hydra_choices(run_dir)
+    if not path.is_file() or "model" not in choices:
+        return "", ""
+    config = yaml.safe_load(path.read_text()) or {}
+    return names.model_name(config, choices["model"]), names.option("dataset", choices.get("dataset", ""))
+
+
+def short_model(name: str) -> str:
+    """Repeated hidden widths counted: "MLP 784-1024-1024-1024-10" → "MLP 784-1024×3-10" (more
+    than two alike only, so the paper's 784-1024-1024-10 reads as the paper writes it)."""
+    head, _, sizes = name.rpartition(" ")
+    if not head or "-" not in sizes:
+        return name
+    runs = [[size, len(list(group))] for size, group in itertools.groupby(sizes.split("-"))]
+    return f"{head} " + "-".join(f"{size}×{k}" if k > 2 else "-".join([size] * k) for size, k in runs)
+
+
+def caption(frame: pd.DataFrame, x: str) -> list[str]:
+    """What a scaling figure timed, in parts: the model(s) and data, the batch size (where it is
+    not the axis), threads and device, and what the band is."""
+    models = [short_model(m) for m in dict.fromkeys(frame.sort_values(x, kind="stable")["model"]) if m]
+    data = [d for d in dict.fromkeys(frame["dataset"]) if d]
+    parts = []
+    if models:
+        parts.append((models[0] if len(models) == 1 else f"{models[0]} to {models[-1].split(' ', 1)[-1]}")
+                     + (f" on {', '.join(data)}" if data else ""))
+    if x != "batch_size":
+        parts.append("batch " + ", ".join(str(b) for b in sorted(frame["batch_size"].unique())))
+    threads = ", ".join(str(t) for t in sorted(frame["threads"].unique()))
+    parts.append(f"{threads} thread{'s' if threads != '1' else ''}, {frame['device'].iloc[0]}")
+    parts.append(BAND)
+    return parts
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -89,6 +134,12 @@ def plot(frame: pd.DataFrame, x: str, stem: Path, look: Look = Look()) -> list[P
 
 
 def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
+    return look.save(draw(frame, x, look), stem)
+
+
+def draw(frame: pd.DataFrame, x: str, look: Look = Look()) -> plt.Figure:
+    """The scaling figure (plot saves it); under it, in every style, a caption line saying the
+    model, the batch and the band (caption)."""
     fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=look.size((11, 4.2)), layout="constrained")
     for estimator, rows in frame.groupby("estimator", sort=False):
         rows = rows.groupby(x).median(numeric_only=True).sort_index()
@@ -98,7 +149,6 @@ def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
                              (rows["median_step_s"] + rows["iqr_step_s"] / 2) * 1e3,
                              color=line.get_color(), alpha=0.2)
         memory_ax.plot(rows.index, rows["peak_memory_mb"], marker="o", label=estimator)
-    threads = ", ".join(str(t) for t in sorted(frame["threads"].unique()))
     for ax, label in ((time_ax, "median step time (ms)"), (memory_ax, "peak memory per step (MiB)")):
         ax.set(xscale="log", yscale="log", xlabel=AXES[x], ylabel=label)
         ax.set_xticks(sorted(frame[x].unique()))
@@ -106,9 +156,12 @@ def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
         ax.xaxis.set_minor_locator(NullLocator())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
+        plain_log_ticks(ax)  # 20 ms, not 2×10¹, where the times span under two decades
+    # a caption in every style (a paper figure has no title, but a bench figure must say what it timed)
+    fig.supxlabel(wrap(caption(frame, x), int(fig.get_figwidth() * (13 if look.paper else 11))), fontsize="small")
     if look.titles:
-        fig.suptitle(f"Estimate + update (one step) against {AXES[x]}; {threads} threads, {frame['device'].iloc[0]}")
-    return look.save(fig, stem)
+        fig.suptitle(f"Estimate + update (one step) against {AXES[x]}")
+    return fig
 
 
 def main(argv: list[str]) -> int:

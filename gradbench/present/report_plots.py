@@ -9,7 +9,7 @@ their last finite value with a ✕; a group with nothing to draw stays in the le
 Groups differ in colour, line style and marker (markers staggered along the curve, so groups
 whose curves coincide stay visible; the legend says "identical to …" where their means are
 equal), and are labelled in the words of gradbench.present.names. confusion.png: a k × k matrix with
-its values in the cells.
+its values in the cells, a colour bar, and the group's name.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 
 from gradbench.present import names
 from gradbench.columns import describe, split_of
-from gradbench.present.figstyle import DOTTED, PALETTE, Look, integer_steps, legend, plain_log_ticks
+from gradbench.present.figstyle import DOTTED, PALETTE, Look, integer_steps, legend, plain_log_ticks, wrap
 from gradbench.present.plots import HUGE
 from gradbench.present.report_runs import BAD
 
@@ -194,23 +194,31 @@ def legend_text(name: str, runs: list[tuple[pd.DataFrame, str]], ok: list[pd.Dat
 
 def plot_confusion(matrix: np.ndarray, title: str, stem: Path, classes: list[str] | None = None,
                    look: Look = Look()) -> list[Path]:
+    """A confusion matrix (draw_confusion); stem.<format> for each of the look's formats."""
+    with look.rc():
+        return look.save(draw_confusion(matrix, title, classes, look), stem)
+
+
+def draw_confusion(matrix: np.ndarray, title: str, classes: list[str] | None = None, look: Look = Look(),
+                   unit: str = "test examples") -> plt.Figure:
     """A confusion matrix (rows true class, columns predicted, labelled by `classes`) with each
-    cell's value written in it; stem.<format> for each of the look's formats."""
+    cell's value written in it, a colour bar saying what the shades count (`unit`), and `title`
+    (the group's display name and what ran) above it where the look has titles."""
     k = len(matrix)
     classes = classes or [str(i) for i in range(k)]
     tilt = max(map(len, classes)) > 3
-    with look.rc():
-        side = max(3.5, 1.2 + 0.6 * k)
-        fig, ax = plt.subplots(figsize=look.size((side, max(3.5, 1.0 + 0.6 * k)), panels=1), layout="constrained")
-        ax.imshow(matrix, cmap="Blues")
-        integral = np.allclose(matrix, np.round(matrix))
-        for (i, j), v in np.ndenumerate(matrix):
-            ax.text(j, i, f"{v:.0f}" if integral else f"{v:.1f}", ha="center", va="center",
-                    color="white" if v > matrix.max() / 2 else "black", fontsize="small")
-        ax.set_xticks(range(k), classes, rotation=45 if tilt else 0, ha="right" if tilt else "center")
-        ax.set_yticks(range(k), classes)
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        if look.titles:
-            ax.set_title("\n".join(textwrap.fill(line, 45) for line in title.splitlines()), fontsize="small")
-        return look.save(fig, stem)
+    side = max(3.5, 1.2 + 0.6 * k)
+    fig, ax = plt.subplots(figsize=look.size((side + 0.8, max(3.5, 1.0 + 0.6 * k)), panels=1), layout="constrained")
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    integral = np.allclose(matrix, np.round(matrix))
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, f"{v:.0f}" if integral else f"{v:.1f}", ha="center", va="center",
+                color="white" if v > matrix.max() / 2 else "black", fontsize="small")
+    ax.set_xticks(range(k), classes, rotation=45 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, label=unit, shrink=0.9)
+    if look.titles:
+        ax.set_title("\n".join(wrap(line.split(" · "), 45) for line in title.splitlines()), fontsize="small")
+    return fig
