@@ -293,7 +293,7 @@ def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Pat
 
         n = sum(1 for r in runs if r.ok and r.summary.get("test_confusion"))
         plot_confusion(matrix, confusion_title(name, runs[0], n), out / "confusion", class_names(runs, len(matrix)),
-                       look_of(args))
+                       look_of(args), "test examples" + (f" (mean over {n} seeds)" if n > 1 else ""))
     (out / "best.md").write_text(text)
     (out / "best.overrides").write_text("".join(f"{o}\n" for o in rerun_overrides(runs[0])))
     return text

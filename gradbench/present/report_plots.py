@@ -193,10 +193,10 @@ def legend_text(name: str, runs: list[tuple[pd.DataFrame, str]], ok: list[pd.Dat
 
 
 def plot_confusion(matrix: np.ndarray, title: str, stem: Path, classes: list[str] | None = None,
-                   look: Look = Look()) -> list[Path]:
+                   look: Look = Look(), unit: str = "test examples") -> list[Path]:
     """A confusion matrix (draw_confusion); stem.<format> for each of the look's formats."""
     with look.rc():
-        return look.save(draw_confusion(matrix, title, classes, look), stem)
+        return look.save(draw_confusion(matrix, title, classes, look, unit), stem)
 
 
 def draw_confusion(matrix: np.ndarray, title: str, classes: list[str] | None = None, look: Look = Look(),
