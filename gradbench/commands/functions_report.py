@@ -103,7 +103,7 @@ def plot_sphere(rows: list[dict], slope: float, stem: Path, look: Look = Look())
     fig, ax = plt.subplots(figsize=look.size((6.5, 4.5), panels=1), layout="constrained")
     n = np.array([r["n"] for r in rows])
     ax.errorbar(n, [r["steps"] for r in rows], yerr=[np.nan_to_num(r["ci"]) for r in rows], fmt="o-",
-                capsize=3, color=COLOURS["forward"], label=f"forward gradient (mean ± 95% CI), slope {slope:.2f}")
+                capsize=3, color=COLOURS["forward"], label=f"{names.option('estimator', 'forward')} (mean ± 95% CI), slope {slope:.2f}")
     ax.plot(n, [r["theory"] for r in rows], "k--", label="theory: log($f_0$/ε) / −log(1 − 1/(n+2))")
     ax.set(xscale="log", yscale="log", xlabel="dimension n", ylabel="steps to f < ε")
     if look.titles:
