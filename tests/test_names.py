@@ -79,6 +79,9 @@ def test_a_method_has_the_readme_tables_name_in_figures_too():
     # the bench presets' own entries (conf/benchmark/fg_family.yaml) by the same names
     assert [names.option("estimator", e) for e in ("mean_k8", "project_k8", "l_bp", "lg_fg_a")] == \
         ["mean K = 8 (rank-1)", "projection K = 8 (rank-1)", "L-BP", "LG-FG-A"]
+    # where only local losses vary between groups, the method is named all the same
+    backprop = {"estimator": "backward"}
+    assert [names.label({"model.local_losses": v}, backprop, {}) for v in ("true", "false")] == ["L-BP", "backprop"]
     # a rule's keys are not repeated: "L-BP, learning rate 0.1", not "L-BP, local losses, ..."
     assert names.label({"estimator": "backward", "model.local_losses": "true", "optimizer.lr": "0.1"}, {}, {}) == \
         "L-BP, learning rate 0.1"

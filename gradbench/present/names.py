@@ -186,19 +186,28 @@ def label(keys: dict[str, str], choices: dict, config: dict, summary: dict | Non
     the rest by KEYS."""
     parts = []
     keys = {k.lstrip("+~"): v for k, v in keys.items()}
-    named = method({"estimator": choices.get("estimator"), **keys}, config) if "estimator" in keys else None
+    estimator = keys.get("estimator") or choices.get("estimator")
+    # the method is named where the estimator or a key that makes it another method varies: groups
+    # of backprop with and without local losses read "L-BP" and "backprop"
+    ruled = {k.partition("=")[0] for _, rule in METHODS for k in rule}
+    named = None
+    if estimator and any(keys.get(k) is not None for k in ruled):
+        named = method({**keys, "estimator": estimator}, config) or (option("estimator", estimator), ("estimator",))
+    said = False
     for key, value in keys.items():
         if value is None:  # a key this group does not have (backprop's estimator.structure, say)
             continue
-        if named and key == "estimator":
-            part = named[0]
-        elif named and key in named[1]:
-            continue
+        if named and (key == "estimator" or key in named[1]):
+            if said:
+                continue
+            part, said = named[0], True
         elif key in MODEL_KEYS:
             part = model_name(config, choices.get("model", "mlp"), summary)
         else:
             part = setting(key, value)
         if part and part not in parts:
             parts.append(part)
+    if named and not said:  # the estimator does not vary and no rule held: its own name, first
+        parts.insert(0, named[0])
     return ", ".join(parts) or "defaults"
 
