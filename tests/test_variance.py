@@ -5,10 +5,14 @@ its standard errors (rel_mse_se, the sample s.d. / √S) of the expectation; 4 s
 p ≈ 6e-5 per point under a normal approximation of the mean) over 16 points, at a fixed seed.
 """
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import run_dirs
+from gradbench.cli import CONF
 
 SWEEP = ["variance.widths=[4,32]", "variance.depth=1", "variance.depths=[1,3]", "variance.width=8",
          "variance.samples=400", "variance.estimators=[forward,forward_rank1,forward_activities,forward_project]",
@@ -20,6 +24,9 @@ def test_measured_errors_follow_theory_and_grow_as_each_law_says(runner):
     (run,) = run_dirs(runner.cwd)
     table = pd.read_csv(run / "variance.csv")
     assert len(table) == (2 + 2) * 4 and (run / "variance.png").stat().st_size > 0
+    from gradbench.commands.variance import method_name  # the legend's names: the README tables'
+    project = OmegaConf.merge(*(OmegaConf.load(Path(CONF) / "estimator" / f"{o}.yaml") for o in ("forward", "forward_project")))
+    assert method_name("forward_project", project) == "projection K = 8"  # K = 8 dense tangents
     off = (table["rel_mse"] - table["theory"]).abs() / table["rel_mse_se"]
     assert (off < 4).all(), table.assign(off=off)
     width = table[table["sweep"] == "width"].set_index(["estimator", "width"])["rel_mse"]

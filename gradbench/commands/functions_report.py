@@ -30,7 +30,7 @@ from matplotlib.ticker import NullLocator
 from gradbench.present import names
 from gradbench.run import targets
 from gradbench.errors import ConfigError
-from gradbench.present.figstyle import PALETTE, Look, add_arguments, look_of
+from gradbench.present.figstyle import PALETTE, Look, add_arguments, look_of, plain_log_ticks
 from gradbench.present.report_runs import Run, find_runs, mean_ci
 
 # one colour per estimator, the same in every figure (Okabe–Ito, gradbench.present.figstyle)
@@ -112,6 +112,7 @@ def plot_sphere(rows: list[dict], slope: float, stem: Path, look: Look = Look())
     ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
+    plain_log_ticks(ax)  # 20, 50, 100, ..., not 10² and 10³ alone over under two decades
     return look.save(fig, stem)
 
 

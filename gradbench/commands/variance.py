@@ -78,8 +78,18 @@ def variance_job(cfg: DictConfig, run_dir: Path) -> None:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    figures = plot(rows, run_dir / "variance", f"{len(idx)} examples, {v.samples} estimates per point", look)
+    labels = {name: method_name(name, options[name]) for name in v.estimators}
+    figures = plot(rows, run_dir / "variance", f"{len(idx)} examples, {v.samples} estimates per point", look, labels)
     print(f"→ {run_dir / 'variance.csv'}, {', '.join(map(str, figures))}")
+
+
+def method_name(name: str, node: DictConfig) -> str:
+    """An estimator option by the README tables' name, its config saying which method it is
+    (forward_project with K = 8 dense tangents: "projection K = 8")."""
+    from gradbench.present import names
+
+    found = names.method({"estimator": name}, {"estimator": OmegaConf.to_container(node, resolve=True)})
+    return found[0] if found else names.option("estimator", name)
 
 
 def look_of(node: DictConfig) -> Look:
@@ -107,15 +117,16 @@ DASHES = ("--", "-.", (0, (6, 2)), (0, (4, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 2, 2, 
 SPREAD = 0.3
 
 
-def plot(rows: list[dict], stem: Path, note: str, look: Look) -> list[Path]:
+def plot(rows: list[dict], stem: Path, note: str, look: Look, labels: dict[str, str] | None = None) -> list[Path]:
     """Relative MSE against width (left) and depth (right), log scales (draw); stem.<format>."""
     with look.rc():
-        return look.save(draw(rows, note, look), stem)
+        return look.save(draw(rows, note, look, labels), stem)
 
 
-def draw(rows: list[dict], note: str, look: Look):
+def draw(rows: list[dict], note: str, look: Look, labels: dict[str, str] | None = None):
     """The variance figure: each estimator in its colour and marker, measured points with ± 2
-    s.e. bars (nudged apart so coinciding estimators both show), its theory in its dashes."""
+    s.e. bars (nudged apart so coinciding estimators both show), its theory in its dashes;
+    `labels`: estimator option → legend name (default: the option's display name)."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, NullLocator
@@ -152,7 +163,8 @@ def draw(rows: list[dict], note: str, look: Look):
     axes[0].set_ylabel("relative mean-square error\nE‖g − ∇L‖² / ‖∇L‖²")
     # one entry per estimator (its marker and dashes in its colour), then what marker and dashes mean
     handles = [Line2D([], [], color=looks[n]["color"], marker=looks[n]["marker"], ls=looks[n]["dashes"],
-                      mfc="none" if looks[n]["nudge"] > 0 else None, label=option("estimator", n)) for n in names]
+                      mfc="none" if looks[n]["nudge"] > 0 else None, label=(labels or {}).get(n) or option("estimator", n))
+               for n in names]
     handles += [Line2D([], [], color="grey", marker="o", ls="none", label="measured ± 2 s.e."),
                 Line2D([], [], color="grey", ls="--", label="theory (dashes)")]
     legend(fig, axes[-1], look, handles, long=True)
