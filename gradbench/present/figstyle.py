@@ -76,9 +76,15 @@ class Look:
         return width, min(width * 0.62 if panels == 1 else width / panels * 0.8 + 0.6, 4.5)
 
     def rc(self):
-        """The rc settings to draw under (a context manager)."""
+        """The rc settings to draw under (a context manager): a screen figure given a page's
+        width takes the paper's sizes in its own font (10 pt text does not fit 3.25 in)."""
         rc = {"axes.prop_cycle": matplotlib.cycler(color=PALETTE)}
-        return plt.rc_context({**rc, **(PAPER_RC if self.paper else {})})
+        sizes = {k: v for k, v in PAPER_RC.items() if not k.startswith(("font.family", "font.serif", "mathtext"))}
+        return plt.rc_context({**rc, **(PAPER_RC if self.paper else sizes if self.fixed else {})})
+
+    def chars(self) -> int:
+        """Characters in a title line: about 17 per inch of a fixed width at 8 pt, 110 on screen."""
+        return int(WIDTHS[self.width or "column"] * 17) if self.fixed else 110
 
     @property
     def dpi(self) -> int:

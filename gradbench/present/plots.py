@@ -122,7 +122,7 @@ def draw_run(run_dir: Path, initial: dict | None = None, look: Look = Look()) ->
     frame = with_rates(raw)
     numbers = frame.select_dtypes("number")
     frame[numbers.columns] = numbers.where(np.isfinite(numbers)).clip(-HUGE, HUGE)
-    title = wrap(run_title(run_dir, summary), 60 if look.paper else 110)
+    title = wrap(run_title(run_dir, summary), look.chars())
     drawn = {}
     for figure, columns in figures(frame).items():
         fig, axes = plt.subplots(1, 2, figsize=look.size((11, 4.4)), sharey=True, layout="constrained")

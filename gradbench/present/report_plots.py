@@ -134,8 +134,9 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look 
             ax.plot([x], [min(max(y, low), high)], "x", color=color, ms=6, clip_on=False)
         legend(fig, axes[1], look, handles, long=True)
         if look.titles:
-            fig.suptitle(f"{axis_label(column).capitalize()}: bold = mean over the seeds (only where every finished "
-                         f"seed still runs), thin = each seed, dotted ✕ = diverged or failed", fontsize="medium")
+            fig.suptitle(wrap([f"{axis_label(column).capitalize()}: bold = mean over the seeds",
+                               "(only where every finished seed still runs),", "thin = each seed,",
+                               "dotted ✕ = diverged or failed"], look.chars(), sep=" "), fontsize="medium")
         drawn[column] = fig
     return drawn
 
