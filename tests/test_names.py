@@ -82,6 +82,7 @@ def test_a_method_has_the_readme_tables_name_in_figures_too():
     # where only local losses vary between groups, the method is named all the same
     backprop = {"estimator": "backward"}
     assert [names.label({"model.local_losses": v}, backprop, {}) for v in ("true", "false")] == ["L-BP", "backprop"]
+    assert names.label({"estimator": "backward", "model.local_losses": "True"}, {}, {}) == "L-BP"  # report's spelling
     # a rule's keys are not repeated: "L-BP, learning rate 0.1", not "L-BP, local losses, ..."
     assert names.label({"estimator": "backward", "model.local_losses": "true", "optimizer.lr": "0.1"}, {}, {}) == \
         "L-BP, learning rate 0.1"

@@ -119,13 +119,17 @@ def legend(fig: plt.Figure, ax, look: Look, handles: list | None = None, long: b
         return
     compact = {"handlelength": 1.6, "columnspacing": 1.0, "handletextpad": 0.4, "labelspacing": 0.3,
                "borderaxespad": 0.2, "frameon": False}
+    screen = fig.dpi
+    fig.set_dpi(look.dpi)  # measured at the saved resolution: text is ~5 % wider at 300 dpi than at 100
     renderer = fig.canvas.get_renderer()
     for ncol in range(len(handles), 0, -1):  # the most columns whose row fits the width
         box = fig.legend(handles=handles, loc="outside lower center", ncol=ncol, **compact)
-        width, height = box.get_window_extent(renderer).width / fig.dpi, box.get_window_extent(renderer).height / fig.dpi
-        if width <= fig.get_figwidth() * 0.98 or ncol == 1:
+        extent = box.get_window_extent(renderer)
+        width, height = extent.width / fig.dpi, extent.height / fig.dpi
+        if width <= fig.get_figwidth() * 0.97 or ncol == 1:
             break
         box.remove()
+    fig.set_dpi(screen)
     fig.set_figheight(fig.get_figheight() + height)  # the panels keep their height
 
 

@@ -161,7 +161,8 @@ def method(values: dict, config: dict | None = None) -> tuple[str, tuple[str, ..
     `values` (key → value: the estimator's option and overrides), a key missing there read from
     the run's `config`; None where no rule holds (the estimator's own name then says it)."""
     values = {k.lstrip("+~"): v for k, v in values.items()}
-    text = lambda v: str(v).lower() if isinstance(v, bool) else str(v)  # noqa: E731
+    # booleans as YAML writes them: True, "True" (a report's parsed override) and "true" alike
+    text = lambda v: str(v).lower() if str(v).lower() in ("true", "false") else str(v)  # noqa: E731
 
     def value(key: str):
         key, _, default = key.partition("=")
