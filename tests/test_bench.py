@@ -196,3 +196,38 @@ def test_a_run_records_the_thread_count_auto_chose(runner, monkeypatch):
     finally:
         torch.set_num_threads(1)  # the tests' own setting (conftest)
     assert [json.loads((r / "summary.json").read_text())["threads"] for r in (small, large, given)] == [1, 2, 1]
+
+
+def bench_run(root: Path, hidden: list[int], batches: list[int]) -> None:
+    """A bench run dir by hand: bench.csv (two estimators) and the .hydra/ files Hydra writes."""
+    (root / ".hydra").mkdir(parents=True)
+    (root / ".hydra" / "config.yaml").write_text(json.dumps(
+        {"model": {"hidden": hidden}, "dataset": {"_target_": "gradbench.data.images.mnist"}}))
+    (root / ".hydra" / "hydra.yaml").write_text(json.dumps(
+        {"hydra": {"runtime": {"choices": {"model": "mlp", "dataset": "mnist"}}}}))
+    rows = [{"estimator": e, "batch_size": b, "device": "cpu", "threads": 2, "layers": len(hidden) + 1,
+             "num_params": 1000 * len(hidden), "median_step_s": 0.01 * b / 64 * k, "iqr_step_s": 0.001,
+             "peak_memory_mb": 10.0 * k} for b in batches for k, e in enumerate(("backward", "forward"), 1)]
+    pd.DataFrame(rows).to_csv(root / "bench.csv", index=False)
+
+
+def test_scaling_figures_say_the_model_the_batch_and_the_band(tmp_path):
+    """Even in the paper style (no title), a line under the panels says what was timed: the
+    model in words, the data, the batch size where it is not the axis, and what the band is;
+    the legend names the estimators as the README's tables do."""
+    from gradbench.commands.bench_report import draw, load
+    from gradbench.present.figstyle import Look
+
+    bench_run(tmp_path / "batch", [1024, 1024], [16, 64, 256])
+    bench_run(tmp_path / "depth" / "0", [1024] * 2, [64])
+    bench_run(tmp_path / "depth" / "1", [1024] * 16, [64])
+    look = Look("paper", "page")
+    with look.rc():
+        batch = draw(load(tmp_path / "batch"), "batch_size", look)
+        depth = draw(load(tmp_path / "depth"), "layers", look)
+    text = batch._supxlabel.get_text().replace("\n", " ")
+    assert "MLP 784-1024-1024-10 on MNIST" in text and "band: interquartile range of the step times" in text
+    assert "batch " not in text  # the batch size is the axis
+    text = depth._supxlabel.get_text().replace("\n", " ")
+    assert "MLP 784-1024-1024-10 to 784-1024×16-10 on MNIST" in text and "batch 64" in text
+    assert [t.get_text() for t in batch.axes[0].get_legend().get_texts()] == ["backprop", "FG-W dense"]

@@ -20,9 +20,9 @@ def test_every_option_of_every_group_has_a_display_name(group):
 
 
 def test_options_and_keys_read_as_words():
-    assert names.option("estimator", "forward_rank1") == "forward gradient (rank-1)"
+    assert names.option("estimator", "forward_rank1") == "FG-W rank-1"
     assert names.option("estimator", "backward") == "backprop"
-    assert names.option("estimator", "forward_activities") == "forward gradient (activities)"  # being added
+    assert names.option("estimator", "forward_activities") == "FG-A"
     assert names.setting("optimizer.lr", "0.01") == "learning rate 0.01"
     assert names.setting("estimator.combine", "project") == "projection"
     assert names.setting("estimator.num_tangents", "8") == "8 tangents"
@@ -39,7 +39,7 @@ def test_a_label_leaves_out_keys_a_group_lacks_and_defaults():
             "model.local_losses": "false", "optimizer.lr": "0.1"}
     assert names.label(keys, {}, {}) == "backprop, learning rate 0.1"
     local = {**keys, "estimator": "forward_activities", "model.local_losses": "true"}
-    assert names.label(local, {}, {}) == "forward gradient (activities), local losses, learning rate 0.1"
+    assert names.label(local, {}, {}) == "LG-FG-A, learning rate 0.1"
 
 
 def test_models_are_named_with_their_layer_sizes():
@@ -55,4 +55,35 @@ def test_models_are_named_with_their_layer_sizes():
     assert names.model_name(pca, "mlp") == "MLP, hidden 32"
     label = names.label({"estimator": "forward", "model.hidden": "[64,8]", "optimizer.lr": "0.1"},
                         {"model": "mlp"}, penguins)
-    assert label == "forward gradient, MLP 4-64-8-3, learning rate 0.1"
+    assert label == "FG-W dense, MLP 4-64-8-3, learning rate 0.1"
+
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+
+
+def test_a_method_has_the_readme_tables_name_in_figures_too():
+    """The forward-gradient family as `make fg-family` trains it (its FG_METHODS overrides; a key
+    it does not override read from the run's config) is named as the README's table names it,
+    and every one of those names is a row of that table."""
+    project = {"estimator": {"num_tangents": 8, "structure": "rank1", "combine": "project"}}
+    family = [({"estimator": "backward"}, {}, "backprop"),
+              ({"estimator": "forward"}, {}, "FG-W dense"),
+              ({"estimator": "forward_rank1"}, {"estimator": {"num_tangents": 1}}, "FG-W rank-1"),
+              ({"estimator": "forward_activities"}, {"model": {"local_losses": False}}, "FG-A"),
+              ({"estimator": "forward_rank1", "estimator.num_tangents": "8"}, {}, "mean K = 8 (rank-1)"),
+              ({"estimator": "forward_project", "estimator.structure": "rank1"}, project, "projection K = 8 (rank-1)"),
+              ({"estimator": "backward", "model.local_losses": "true"}, {}, "L-BP"),
+              ({"estimator": "forward_activities"}, {"model": {"local_losses": True}}, "LG-FG-A")]
+    for keys, config, name in family:
+        assert names.label(keys, {"estimator": keys["estimator"]}, config) == name, keys
+        assert f"| {name} |" in README or f"| **{name}** |" in README, name
+    # the bench presets' own entries (conf/benchmark/fg_family.yaml) by the same names
+    assert [names.option("estimator", e) for e in ("mean_k8", "project_k8", "l_bp", "lg_fg_a")] == \
+        ["mean K = 8 (rank-1)", "projection K = 8 (rank-1)", "L-BP", "LG-FG-A"]
+    # where only local losses vary between groups, the method is named all the same
+    backprop = {"estimator": "backward"}
+    assert [names.label({"model.local_losses": v}, backprop, {}) for v in ("true", "false")] == ["L-BP", "backprop"]
+    assert names.label({"estimator": "backward", "model.local_losses": "True"}, {}, {}) == "L-BP"  # report's spelling
+    # a rule's keys are not repeated: "L-BP, learning rate 0.1", not "L-BP, local losses, ..."
+    assert names.label({"estimator": "backward", "model.local_losses": "true", "optimizer.lr": "0.1"}, {}, {}) == \
+        "L-BP, learning rate 0.1"

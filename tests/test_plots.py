@@ -21,7 +21,8 @@ from conftest import FAST
 from gradbench.cli import CONF, main
 from gradbench.columns import METRICS, RUN, STEP_COLUMNS, better, describe, split_of
 from gradbench.estimators.probes import GradientProbe
-from gradbench.present.figstyle import SPLIT_COLOURS, WIDTHS, Look, wrap
+from gradbench.present.figstyle import PALETTE, SPLIT_COLOURS, WIDTHS, Look, wrap
+from gradbench.present.names import SPLITS
 from gradbench.present.plots import draw_run
 from gradbench.present.report_plots import draw_overlays, style
 
@@ -68,7 +69,7 @@ def test_run_plots_say_what_ran_and_keep_one_colour_per_split(runner):
         fig = figures[name]
         title = fig._suptitle.get_text()
         # display names (gradbench.present.names), the hidden sizes inside the model's name
-        assert "penguins · MLP 4-8-3 · forward gradient · SGD" in title and "learning rate 0.1" in title
+        assert "penguins · MLP 4-8-3 · FG-W dense · SGD · learning rate 0.1" in title
         assert "seed 3" in title and "=" not in title and "plot" not in title  # result-neutral keys left out
         for ax in fig.axes:
             colours = lines(ax)
@@ -92,6 +93,15 @@ def test_run_plots_say_what_ran_and_keep_one_colour_per_split(runner):
         assert np.allclose(rate.get_ydata(), 1 - accuracy.get_ydata())
     cosine = figures["grad_cosine"].axes[0].get_lines()[0].get_ydata()
     assert len(cosine) == 10 and np.all(np.abs(cosine) <= 1)
+
+
+def test_run_titles_name_the_method_and_the_learning_rate_even_at_its_default(runner):
+    """A run at SGD's default rate says it (0.05, conf/optimizer/sgd.yaml) right after the
+    optimizer; backprop with local losses is L-BP, as the README's tables call it."""
+    (run,) = runner("train", "estimator=backward", "model.local_losses=true", "model.local_groups=2",
+                    "max_steps=3", *FAST)
+    title = draw_run(run)["loss"]._suptitle.get_text().replace("\n", " ")
+    assert "L-BP · SGD · learning rate 0.05" in title and "local losses" not in title, title
 
 
 def curve(steps, values, time_per_step=0.01) -> pd.DataFrame:
@@ -119,8 +129,8 @@ def test_report_overlays_keep_every_group_and_draw_the_mean_only_where_all_seeds
 
 
 def test_groups_get_distinct_looks_and_dotted_means_diverged_only():
-    looks = {(mcolors.to_hex(style(i)["color"]), style(i)["linestyle"], style(i)["marker"]) for i in range(40)}
-    assert len(looks) == 40 and len({mcolors.to_hex(style(i)["color"]) for i in range(8)}) == 8
+    looks = {(mcolors.to_hex(style(i)["color"]), style(i)["linestyle"], style(i)["marker"]) for i in range(100)}
+    assert len(looks) == 100 and len({mcolors.to_hex(style(i)["color"]) for i in range(len(PALETTE))}) == len(PALETTE)
     assert all(style(i)["linestyle"] != ":" for i in range(40))
     # 12 finished groups (as in a 12-run sweep) and one diverged: only the diverged one is dotted
     groups = {f"g{i}": [(curve([0, 10, 20], [2.0, 1.0 + i, 0.5 + i]), "max_steps")] for i in range(12)}

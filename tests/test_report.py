@@ -14,6 +14,7 @@ import pytest
 
 from conftest import FAST, Runner
 from gradbench.commands.report import best_section, main
+from gradbench.present import names
 from gradbench.present.report_cells import best_row, cell, interval, ties
 from gradbench.present.report_runs import mean_ci, t975
 
@@ -291,3 +292,25 @@ def test_report_figures_as_pdf_and_svg_in_the_paper_style(toynet, tmp_path):
     assert (out / "train_loss.pdf").read_bytes().startswith(b"%PDF")
     assert "<svg" in (out / "train_loss.svg").read_text()[:1000]
     assert not (out / "train_loss.png").exists()
+
+
+def test_the_confusion_matrix_names_its_group_and_has_a_colour_bar(logreg, monkeypatch, tmp_path):
+    """confusion.png is titled with the best group's display name and what ran in words (the
+    run title less the seed, learning rate included), and a colour bar says what the shades count."""
+    from gradbench.present import report_plots
+
+    titles = []
+    draw = report_plots.draw_confusion
+    monkeypatch.setattr(report_plots, "draw_confusion", lambda m, title, *a, **k: titles.append(title) or draw(m, title, *a, **k))
+    out = report(logreg, "--select", "val_loss", out=tmp_path / "out")
+    table = pd.read_csv(out / "table.csv", dtype={"optimizer.lr": str})
+    best = table.loc[table["val_loss"].idxmin()]
+    (title,) = titles
+    lines = title.splitlines()
+    assert lines[0] == names.label({"estimator": best["estimator"], "optimizer.lr": best["optimizer.lr"]}, {}, {}), title
+    assert lines[1].startswith("penguins · logistic regression · ") and f"learning rate {best['optimizer.lr']}" in lines[1]
+    assert lines[2].startswith("test set, mean over ")
+    fig = draw(np.array([[5.0, 1.0], [2.0, 7.0]]), title, ["a", "b"])
+    image, bar = fig.axes
+    assert image.get_title() and bar.get_ylabel() == "test examples"
+    assert bar.get_ylim()[0] == 0  # shades from zero examples

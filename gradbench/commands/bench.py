@@ -42,7 +42,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.profiler import ProfilerActivity, profile
 
-from gradbench.run import threads
+from gradbench.run import files, threads
 from gradbench.commands.check import catalogue
 from gradbench.data import batches
 from gradbench.errors import require
@@ -97,10 +97,12 @@ def bench_job(cfg: DictConfig, run_dir: Path) -> None:
         for v in variants.values():
             _reset(v.params, v.start)
         torch.set_num_threads(previous)
-    with open(run_dir / "bench.csv", "w", newline="") as f:
+    def write(f):
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+
+    files.atomic_write(run_dir / "bench.csv", write)  # a symlink planted there is replaced, not followed
     counts = ", ".join(str(t) for t in dict.fromkeys(r["threads"] for r in rows))
     print(f"{s.device}, {counts} thread(s), {b.load} background CPU-bound process(es), {b.rounds} rounds × "
           f"{b.steps} steps each; R = step / loss evaluation (the paper's R_f, R_b); ratio = median / "

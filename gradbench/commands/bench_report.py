@@ -5,8 +5,9 @@ one table, and scaling curves or the thread-count table.
     gradbench bench-report outputs/bench/depth --x layers
 
 Writes OUT/bench.md (all rows, grouped by the run they came from) and, with `--x`, OUT/scaling_<x>.png:
-median step time (bars: interquartile range) and peak memory per step against `x`
-(batch_size, num_params or layers), one line per estimator, log-log. A pure function of the
+median step time (band: the interquartile range's width about the median) and peak memory per
+step against `x` (batch_size, num_params or layers), one line per estimator, log-log, a caption
+line under the panels saying the model, data, batch and band in every style. A pure function of the
 bench.csv files, so any set of bench runs can be re-plotted later. `--threads` (after `make
 threads`: each workload timed at several thread counts, `bench.load` 0 and 1) writes
 OUT/threads.md: step time per thread count with and without the background process, the count
@@ -16,6 +17,7 @@ OUT/threads.md: step time per thread count with and without the background proce
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from pathlib import Path
 
@@ -27,9 +29,12 @@ from gradbench.commands import arguments
 from gradbench.present import names
 from gradbench.run import files
 from gradbench.commands.bench import COLUMNS, format_table
-from gradbench.present.figstyle import PALETTE, Look, legend, look_of
+from gradbench.present.figstyle import PALETTE, Look, legend, look_of, plain_log_ticks, wrap
+from gradbench.present.report_runs import hydra_choices
 
 from gradbench.commands.arguments import AXES  # noqa: E402  (the --x choices)
+# the band around each step-time line: bench.csv keeps the median and the IQR (q3 − q1), not the quartiles
+BAND = "band: interquartile range of the step times (its width, centred on the median)"
 
 
 def _tick(value: float, _=None) -> str:
@@ -37,7 +42,8 @@ def _tick(value: float, _=None) -> str:
 
 
 def load(root: Path) -> pd.DataFrame:
-    """Every bench.csv under `root`, with a `run` column (its folder relative to root)."""
+    """Every bench.csv under `root`, with a `run` column (its folder relative to root) and the
+    `model` and `dataset` it timed in words (from the run's .hydra/; empty without it)."""
     frames = []
     for path in sorted(root.rglob("bench.csv")):
         try:
@@ -45,12 +51,53 @@ def load(root: Path) -> pd.DataFrame:
         except ValueError as e:  # BadRunFile: a symlink, a FIFO, too large, not a CSV
             raise SystemExit(f"gradbench bench-report: error: {e}") from None
         frame.insert(0, "run", str(path.parent.relative_to(root)) or ".")
+        frame["model"], frame["dataset"] = what_ran(path.parent)
         frames.append(frame)
     if not frames:
         raise SystemExit(f"gradbench bench-report: error: no bench.csv under {root}")
     frame = pd.concat(frames, ignore_index=True)
     # a bench.csv from before a column was added: that column empty, not a KeyError
     return frame.reindex(columns=["run", *COLUMNS, *(c for c in frame.columns if c not in COLUMNS and c != "run")])
+
+
+def what_ran(run_dir: Path) -> tuple[str, str]:
+    """(model, dataset) of a bench run in display names: ("MLP 784-1024-1024-10", "MNIST")."""
+    path = run_dir / ".hydra" / "config.yaml"
+    try:  # a run dir is data: read through gradbench.run.files, never resolved
+        choices = hydra_choices(run_dir)
+        if not files.exists(path) or "model" not in choices:
+            return "", ""
+        config = files.read_yaml(path, opaque=True) or {}
+    except ValueError:  # a broken or planted file: the caption goes without the model
+        return "", ""
+    return names.model_name(config, choices["model"]), names.option("dataset", choices.get("dataset", ""))
+
+
+def short_model(name: str) -> str:
+    """Repeated hidden widths counted: "MLP 784-1024-1024-1024-10" → "MLP 784-1024×3-10" (more
+    than two alike only, so the paper's 784-1024-1024-10 reads as the paper writes it)."""
+    head, _, sizes = name.rpartition(" ")
+    if not head or "-" not in sizes:
+        return name
+    runs = [[size, len(list(group))] for size, group in itertools.groupby(sizes.split("-"))]
+    return f"{head} " + "-".join(f"{size}×{k}" if k > 2 else "-".join([size] * k) for size, k in runs)
+
+
+def caption(frame: pd.DataFrame, x: str) -> list[str]:
+    """What a scaling figure timed, in parts: the model(s) and data, the batch size (where it is
+    not the axis), threads and device, and what the band is."""
+    models = [short_model(m) for m in dict.fromkeys(frame.sort_values(x, kind="stable")["model"]) if m]
+    data = [d for d in dict.fromkeys(frame["dataset"]) if d]
+    parts = []
+    if models:
+        parts.append((models[0] if len(models) == 1 else f"{models[0]} to {models[-1].split(' ', 1)[-1]}")
+                     + (f" on {', '.join(data)}" if data else ""))
+    if x != "batch_size":
+        parts.append("batch " + ", ".join(str(b) for b in sorted(frame["batch_size"].unique())))
+    threads = ", ".join(str(t) for t in sorted(frame["threads"].unique()))
+    parts.append(f"{threads} thread{'s' if threads != '1' else ''}, {frame['device'].iloc[0]}")
+    parts.append(BAND)
+    return parts
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -99,7 +146,13 @@ MARKERS = "os^DvP*Xh<>p"  # with the palette's 8 colours: every family of the fi
 
 
 def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
-    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=look.size((11, 4.2)))
+    return look.save(draw(frame, x, look), stem)
+
+
+def draw(frame: pd.DataFrame, x: str, look: Look = Look()) -> plt.Figure:
+    """The scaling figure (plot saves it); under it, in every style, a caption line saying the
+    model, the batch and the band (caption)."""
+    fig, (time_ax, memory_ax) = plt.subplots(1, 2, figsize=look.size((11, 4.2)), layout="constrained")
     for i, (estimator, rows) in enumerate(frame.groupby("estimator", sort=False)):
         rows = rows.groupby(x).median(numeric_only=True).sort_index()
         estimator = names.option("estimator", estimator)
@@ -114,19 +167,20 @@ def _plot(frame: pd.DataFrame, x: str, stem: Path, look: Look) -> list[Path]:
     evaluation = frame.groupby(x)["eval_memory_mb"].median().dropna().sort_index()
     if len(evaluation):  # where inference's memory sits: what backprop-free methods are measured against
         memory_ax.plot(evaluation.index, evaluation, color="grey", ls="-.", lw=1.5, label="forward-only evaluation")
-    threads = ", ".join(str(t) for t in sorted(frame["threads"].unique()))
     for ax, label in ((time_ax, "median step time (ms)"), (memory_ax, "peak memory per step (MiB)")):
         ax.set(xscale="log", yscale="log", xlabel=AXES[x], ylabel=label)
         ax.set_xticks(sorted(frame[x].unique()))
         ax.xaxis.set_major_formatter(FuncFormatter(_tick))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.grid(True, which="both", alpha=0.3)
+        plain_log_ticks(ax)  # 20 ms, not 2×10¹, where the times span under two decades
     handles = memory_ax.get_legend_handles_labels()[0]
     legend(fig, memory_ax, look, handles, long=len(handles) > 4)
+    # a caption in every style (a paper figure has no title, but a bench figure must say what it timed)
+    fig.supxlabel(wrap(caption(frame, x), int(fig.get_figwidth() * (13 if look.paper else 11))), fontsize="small")
     if look.titles:
-        fig.suptitle(f"Estimate + update (one step) against {AXES[x]}; {threads} threads, {frame['device'].iloc[0]}")
-    fig.tight_layout()
-    return look.save(fig, stem)
+        fig.suptitle(f"Estimate + update (one step) against {AXES[x]}")
+    return fig
 
 
 def main(argv: list[str]) -> int:

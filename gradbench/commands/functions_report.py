@@ -31,11 +31,11 @@ from gradbench.commands import arguments
 from gradbench.present import names
 from gradbench.run import files, targets
 from gradbench.errors import ConfigError
-from gradbench.present.figstyle import PALETTE, Look, look_of
+from gradbench.present.figstyle import PALETTE, Look, look_of, plain_log_ticks
 from gradbench.present.report_runs import Run, find_runs, mean_ci
 
 # one colour per estimator, the same in every figure (Okabe–Ito, gradbench.present.figstyle)
-COLOURS = dict(zip(names.OPTIONS["estimator"], PALETTE))
+COLOURS = {e: PALETTE[i % len(PALETTE)] for i, e in enumerate(names.OPTIONS["estimator"])}
 
 
 def model_of(run: Run):
@@ -52,7 +52,7 @@ def plot_paths(name: str, runs: list[Run], stem: Path, look: Look = Look()) -> l
     xs, ys = np.linspace(low[0] - pad[0], high[0] + pad[0], 300), np.linspace(low[1] - pad[1], high[1] + pad[1], 300)
     grid = torch.tensor(np.stack(np.meshgrid(xs, ys), -1), dtype=torch.float64)
     values = model.f(grid).numpy() + 1e-12
-    fig, (left, right) = plt.subplots(1, 2, figsize=look.size((12, 5)))
+    fig, (left, right) = plt.subplots(1, 2, figsize=look.size((12, 5)), layout="constrained")
     thin, bold = (0.6, 1.4) if look.paper else (0.8, 2)
     left.contour(xs, ys, values, levels=np.logspace(np.log10(values.min()), np.log10(values.max()), 25),
                  norm=LogNorm(), cmap="Greys", linewidths=0.6)
@@ -83,7 +83,6 @@ def plot_paths(name: str, runs: list[Run], stem: Path, look: Look = Look()) -> l
         right.set_title(f"{title}: distance to the minimum")
         lr = runs[0].summary["config"]["optimizer"]["lr"]
         fig.suptitle(f"{title}, gradient descent, learning rate {lr:g}, float64, same start for every run")
-    fig.tight_layout()
     return look.save(fig, stem)
 
 
@@ -102,10 +101,10 @@ def sphere_table(runs: list[Run]) -> list[dict]:
 
 
 def plot_sphere(rows: list[dict], slope: float, stem: Path, look: Look = Look()) -> list[Path]:
-    fig, ax = plt.subplots(figsize=look.size((6.5, 4.5), panels=1))
+    fig, ax = plt.subplots(figsize=look.size((6.5, 4.5), panels=1), layout="constrained")
     n = np.array([r["n"] for r in rows])
     ax.errorbar(n, [r["steps"] for r in rows], yerr=[np.nan_to_num(r["ci"]) for r in rows], fmt="o-",
-                capsize=3, color=COLOURS["forward"], label=f"forward gradient (mean ± 95% CI), slope {slope:.2f}")
+                capsize=3, color=COLOURS["forward"], label=f"{names.option('estimator', 'forward')} (mean ± 95% CI), slope {slope:.2f}")
     ax.plot(n, [r["theory"] for r in rows], "k--", label="theory: log($f_0$/ε) / −log(1 − 1/(n+2))")
     ax.set(xscale="log", yscale="log", xlabel="dimension n", ylabel="steps to f < ε")
     if look.titles:
@@ -114,7 +113,7 @@ def plot_sphere(rows: list[dict], slope: float, stem: Path, look: Look = Look())
     ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
-    fig.tight_layout()
+    plain_log_ticks(ax)  # 20, 50, 100, ..., not 10² and 10³ alone over under two decades
     return look.save(fig, stem)
 
 

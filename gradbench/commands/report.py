@@ -33,6 +33,9 @@ from gradbench.present.report_runs import Run, aggregate, assign_groups, find_ru
     runs_frame, select
 
 
+ALL_RUNS = "all runs"  # the one group's label where no key varies between groups
+
+
 def varying(groups: list[dict[str, str]]) -> list[str]:
     """The override keys whose value differs between groups (a missing key counts as a value)."""
     keys = list(dict.fromkeys(k for g in groups for k in g))
@@ -247,7 +250,7 @@ def display(run: Run, keys: list[str]) -> str:
     each with this group's value (a key it does not override: its config value, unless the key
     belongs to a group option that varies too: "forward gradient (rank-1)" says its structure)."""
     values = {k: None if k not in run.overrides and k.split(".")[0] in keys else run.lookup(k) for k in keys}
-    return names.label(values, run.choices, resolved(run), run.summary) if keys else "all runs"
+    return names.label(values, run.choices, resolved(run), run.summary) if keys else ALL_RUNS
 
 
 def group_runs(runs: list[Run], ignore: tuple[str, ...]) -> dict[str, list[Run]]:
@@ -297,8 +300,8 @@ def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Pat
         from gradbench.present.report_plots import plot_confusion
 
         n = sum(1 for r in runs if r.ok and r.summary.get("test_confusion"))
-        plot_confusion(matrix, f"{name}\ntest set, mean over {n} seed(s)", out / "confusion",
-                       class_names(runs, len(matrix)), look_of(args))
+        plot_confusion(matrix, confusion_title(name, runs[0], n), out / "confusion", class_names(runs, len(matrix)),
+                       look_of(args), "test examples" + (f" (mean over {n} seeds)" if n > 1 else ""))
     files.write_text(out / "best.md", text)
     try:
         files.write_text(out / "best.overrides", "".join(f"{shlex.quote(o)}\n" for o in rerun_overrides(runs[0])))
@@ -306,6 +309,15 @@ def write_best(row: pd.Series, metric: str, runs: list[Run], name: str, out: Pat
         (out / "best.overrides").unlink(missing_ok=True)
         note(f"best.overrides not written: {e}")
     return text
+
+
+def confusion_title(name: str, run: Run, seeds: int) -> str:
+    """The best group's display name (as the overlays' legend names it; none when the report
+    holds one group), what ran in words (the run title without its seed) and what is counted."""
+    from gradbench.present.plots import run_title
+
+    what = " · ".join(p for p in run_title(run.path, run.summary) if not p.startswith("seed "))
+    return "\n".join([*([name] if name != ALL_RUNS else []), what, f"test set, mean over {seeds} seed(s)"])
 
 
 def rerun_overrides(run: Run) -> list[str]:

@@ -30,6 +30,7 @@ from gradbench.errors import require
 from gradbench.estimators.base import norm2
 from gradbench.estimators.tangents import densify
 from gradbench.present.figstyle import FORMATS, PALETTE, WIDTHS, Look, legend
+from gradbench.run import files
 from gradbench.run.job import build, setup, stream, validate
 from gradbench.models import Objective, count_parameters
 
@@ -81,12 +82,24 @@ def variance_job(cfg: DictConfig, run_dir: Path) -> None:
                          "rel_mse_se": errors.std().item() / math.sqrt(v.samples),
                          "theory": None if spread is None else spread.bias2 + spread.variance})
         log.info("%s sweep: width %d, depth %d done", sweep, width, depth)
-    with open(run_dir / "variance.csv", "w", newline="") as f:
+    def write(f):
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    figures = plot(rows, run_dir / "variance", f"{len(idx)} examples, {v.samples} estimates per point", look)
+
+    files.atomic_write(run_dir / "variance.csv", write)  # a symlink planted there is replaced, not followed
+    labels = {name: method_name(name, options[name]) for name in v.estimators}
+    figures = plot(rows, run_dir / "variance", f"{len(idx)} examples, {v.samples} estimates per point", look, labels)
     print(f"→ {run_dir / 'variance.csv'}, {', '.join(map(str, figures))}")
+
+
+def method_name(name: str, node: DictConfig) -> str:
+    """An estimator option by the README tables' name, its config saying which method it is
+    (forward_project with K = 8 dense tangents: "projection K = 8")."""
+    from gradbench.present import names
+
+    found = names.method({"estimator": name}, {"estimator": OmegaConf.to_container(node, resolve=True)})
+    return found[0] if found else names.option("estimator", name)
 
 
 def look_of(node: DictConfig) -> Look:
@@ -106,9 +119,24 @@ def _sq_error(grads: dict, truth: dict) -> float:
     return sum((g[k] - t).double().square().sum().item() for k, t in truth.items()) / norm2(truth)
 
 
-def plot(rows: list[dict], stem: Path, note: str, look: Look) -> list[Path]:
-    """Relative MSE against width (left) and depth (right), log scales: each estimator in its
-    colour, measured points with ± 2 s.e. bars, its theory dashed."""
+# Each estimator its own marker and theory dash pattern, and its points nudged sideways by a
+# share of SPREAD (a fraction of a doubling on the width axis, of a layer on the depth axis):
+# dense and rank-1 weight perturbation have the same error, and drawn alike one hid the other.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+DASHES = ("--", "-.", (0, (6, 2)), (0, (4, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 2, 2, 2)), (0, (2, 1)))
+SPREAD = 0.3
+
+
+def plot(rows: list[dict], stem: Path, note: str, look: Look, labels: dict[str, str] | None = None) -> list[Path]:
+    """Relative MSE against width (left) and depth (right), log scales (draw); stem.<format>."""
+    with look.rc():
+        return look.save(draw(rows, note, look, labels), stem)
+
+
+def draw(rows: list[dict], note: str, look: Look, labels: dict[str, str] | None = None):
+    """The variance figure: each estimator in its colour and marker, measured points with ± 2
+    s.e. bars (nudged apart so coinciding estimators both show), its theory in its dashes;
+    `labels`: estimator option → legend name (default: the option's display name)."""
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, NullLocator
@@ -116,35 +144,40 @@ def plot(rows: list[dict], stem: Path, note: str, look: Look) -> list[Path]:
     from gradbench.present.names import option
 
     names = list(dict.fromkeys(r["estimator"] for r in rows))
-    colours = dict(zip(names, PALETTE))
-    with look.rc():
-        fig, axes = plt.subplots(1, 2, figsize=look.size((9, 3.6)), sharey=True, layout="constrained")
-        for ax, sweep in zip(axes, ("width", "depth")):
-            for name in names:
-                mine = [r for r in rows if r["sweep"] == sweep and r["estimator"] == name]
-                xs = [r[sweep] for r in mine]
-                ax.errorbar(xs, [r["rel_mse"] for r in mine], yerr=[2 * r["rel_mse_se"] for r in mine], fmt="o",
-                            color=colours[name])
-                theory = [(x, r["theory"]) for x, r in zip(xs, mine) if r["theory"] is not None]
-                if theory:
-                    ax.plot(*zip(*theory), "--", color=colours[name])
-            if sweep == "width":  # the widths themselves as ticks, in plain numbers (not 2⁴)
-                ax.set_xscale("log", base=2)
-                ax.set_xticks(sorted({r["width"] for r in mine}))
-                ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
-                ax.xaxis.set_minor_locator(NullLocator())
-            else:
-                ax.xaxis.get_major_locator().set_params(integer=True)
-            ax.set_yscale("log")
-            fixed = mine[0]["depth"] if sweep == "width" else mine[0]["width"]
-            ax.set_xlabel(f"hidden width (depth {fixed})" if sweep == "width" else f"hidden layers (width {fixed})")
-            ax.grid(True, which="major", alpha=0.3)
-        axes[0].set_ylabel("relative mean-square error\nE‖g − ∇L‖² / ‖∇L‖²")
-        # one entry per estimator (marker and dashes in its colour), then what marker and dashes mean
-        handles = [Line2D([], [], color=colours[n], marker="o", ls="--", label=option("estimator", n)) for n in names]
-        handles += [Line2D([], [], color="grey", marker="o", ls="none", label="measured ± 2 s.e."),
-                    Line2D([], [], color="grey", ls="--", label="theory")]
-        legend(fig, axes[-1], look, handles, long=True)
-        if look.titles:
-            fig.suptitle(f"Gradient estimators' error against theory ({note})")
-        return look.save(fig, stem)
+    looks = {n: {"color": PALETTE[i % len(PALETTE)], "marker": MARKERS[i % len(MARKERS)],
+                 "dashes": DASHES[i % len(DASHES)], "nudge": SPREAD * (i / max(len(names) - 1, 1) - 0.5)}
+             for i, n in enumerate(names)}
+    fig, axes = plt.subplots(1, 2, figsize=look.size((9, 3.6)), sharey=True, layout="constrained")
+    for ax, sweep in zip(axes, ("width", "depth")):
+        for name in names:
+            mine = [r for r in rows if r["sweep"] == sweep and r["estimator"] == name]
+            xs = [r[sweep] for r in mine]
+            nudge = looks[name]["nudge"]
+            shown = [x * 2 ** nudge for x in xs] if sweep == "width" else [x + nudge for x in xs]
+            ax.errorbar(shown, [r["rel_mse"] for r in mine], yerr=[2 * r["rel_mse_se"] for r in mine],
+                        fmt=looks[name]["marker"], color=looks[name]["color"], mfc="none" if nudge > 0 else None)
+            theory = [(x, r["theory"]) for x, r in zip(xs, mine) if r["theory"] is not None]
+            if theory:
+                ax.plot(*zip(*theory), color=looks[name]["color"], ls=looks[name]["dashes"])
+        if sweep == "width":  # the widths themselves as ticks, in plain numbers (not 2⁴)
+            ax.set_xscale("log", base=2)
+            ax.set_xticks(sorted({r["width"] for r in mine}))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_yscale("log")
+        fixed = mine[0]["depth"] if sweep == "width" else mine[0]["width"]
+        ax.set_xlabel(f"hidden width (depth {fixed})" if sweep == "width" else f"hidden layers (width {fixed})")
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0].set_ylabel("relative mean-square error\nE‖g − ∇L‖² / ‖∇L‖²")
+    # one entry per estimator (its marker and dashes in its colour), then what marker and dashes mean
+    handles = [Line2D([], [], color=looks[n]["color"], marker=looks[n]["marker"], ls=looks[n]["dashes"],
+                      mfc="none" if looks[n]["nudge"] > 0 else None, label=(labels or {}).get(n) or option("estimator", n))
+               for n in names]
+    handles += [Line2D([], [], color="grey", marker="o", ls="none", label="measured ± 2 s.e."),
+                Line2D([], [], color="grey", ls="--", label="theory (dashes)")]
+    legend(fig, axes[-1], look, handles, long=True)
+    if look.titles:
+        fig.suptitle(f"Gradient estimators' error against theory ({note})")
+    return fig

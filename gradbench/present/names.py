@@ -1,25 +1,31 @@
 """Display names: what a figure, legend or title calls a config option, an override and a split.
 
-One registry, so every plot says "forward gradient (rank-1)", "MLP 784-1024-1024-10" and
-"learning rate 0.01", never `estimator=forward_rank1 optimizer.lr=0.01`. tests/test_names.py
-globs conf/<group>/*.yaml and fails on an option without a name here, so a new option cannot
-be forgotten. Tables keep the raw keys (they are for grepping and re-aggregating).
+One registry, so every plot says "FG-W rank-1", "MLP 784-1024-1024-10" and "learning rate
+0.01", never `estimator=forward_rank1 optimizer.lr=0.01`. A method has one name everywhere: the
+short name the README's tables give it (FG-W dense, FG-A, L-BP, LG-FG-A, ...), in legends and
+titles too; an estimator with the settings that make it another method (backprop with local
+losses is L-BP) is named by METHODS. tests/test_names.py globs conf/<group>/*.yaml and fails on
+an option without a name here, so a new option cannot be forgotten. report's table.md keeps the
+raw keys (for grepping and re-aggregating).
 """
 
 from __future__ import annotations
 
+import re
+
 # Every option of every config group (conf/<group>/<option>.yaml), and the `+` groups a sweep varies.
 OPTIONS = {
-    "estimator": {"forward": "forward gradient", "forward_rank1": "forward gradient (rank-1)",
-                  "forward_activities": "forward gradient (activities)",
-                  "forward_project": "forward gradient (projection)", "backward": "backprop",
+    # the README tables' short names: FG-W = weight perturbation, FG-A = activity perturbation
+    "estimator": {"forward": "FG-W dense", "forward_rank1": "FG-W rank-1",
+                  "forward_activities": "FG-A",
+                  "forward_project": "projection", "backward": "backprop",
                   "manual": "hand-derived backprop", "finite_difference": "finite differences",
-                  "zeroth_order": "zeroth order (SPSA)", "zeroth_order_replay": "zeroth order, in-place replay (MeZO)",
-                  "local_guess": "local-guess forward gradient",
-                  "feedback_alignment": "feedback alignment (FA)",
-                  "direct_feedback_alignment": "direct feedback alignment (DFA)",
-                  "backward_checkpoint": "backprop (checkpointed)", "backward_accumulate": "backprop (accumulated)",
-                  "lg_fg_a": "LG-FG-A (local losses)", "l_bp": "backprop (local losses)"},
+                  # bench.extra entries of conf/benchmark/fg_family.yaml (bench.csv's estimator column)
+                  "mean_k8": "mean K = 8 (rank-1)", "project_k8": "projection K = 8 (rank-1)",
+                  "l_bp": "L-BP", "lg_fg_a": "LG-FG-A",
+                  "zeroth_order": "ZO", "zeroth_order_replay": "ZO replay (MeZO)", "local_guess": "local guess",
+                  "feedback_alignment": "FA", "direct_feedback_alignment": "DFA",
+                  "backward_checkpoint": "backprop (checkpointed)", "backward_accumulate": "backprop (accumulated)"},
     "model": {"logreg": "logistic regression", "mlp": "MLP", "cnn": "CNN (report 000)",
               "cnn_paper": "the paper's CNN", "toynet": "toy network (report 002)", "beale": "Beale",
               "rosenbrock": "Rosenbrock", "sphere": "sphere"},
@@ -77,6 +83,20 @@ KEYS = {
     "dtype": "{v}",
 }
 MODEL_KEYS = ("model", "model.hidden")  # shown together as the model's name with its layer sizes
+
+# Methods that are an estimator with settings, by the README tables' names: (name, {key: value}),
+# the first rule whose keys all hold names the method, and the keys it names are not repeated
+# ("L-BP", not "backprop, local losses"). A value "!x" holds for anything but x (a key absent
+# from the run counts as its default, written in the rule's key as "key=default"); {key} in the
+# name is that key's value. Add a rule for a new combination; never reorder earlier ones.
+METHODS = (
+    ("L-BP", {"estimator": "backward", "model.local_losses": "true"}),
+    ("LG-FG-A", {"estimator": "forward_activities", "model.local_losses": "true"}),
+    ("projection K = {estimator.num_tangents} (rank-1)", {"estimator": "forward_project", "estimator.structure": "rank1"}),
+    ("projection K = {estimator.num_tangents}", {"estimator": "forward_project"}),
+    ("mean K = {estimator.num_tangents} (rank-1)", {"estimator": "forward_rank1", "estimator.num_tangents=1": "!1"}),
+    ("mean K = {estimator.num_tangents}", {"estimator": "forward", "estimator.num_tangents=1": "!1"}),
+)
 
 
 def option(group: str, choice: str) -> str:
@@ -138,19 +158,69 @@ def model_name(config: dict, choice: str, summary: dict | None = None) -> str:
     return "MLP " + "-".join(map(str, [sizes[0], *hidden, sizes[1]]))
 
 
+def lookup(config: dict, key: str):
+    """A dotted key's value in a (resolved) config dict; None where it has none."""
+    node = config
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def method(values: dict, config: dict | None = None) -> tuple[str, tuple[str, ...]] | None:
+    """(the method's name, the keys it names) by the first rule of METHODS that holds for
+    `values` (key → value: the estimator's option and overrides), a key missing there read from
+    the run's `config`; None where no rule holds (the estimator's own name then says it)."""
+    values = {k.lstrip("+~"): v for k, v in values.items()}
+    # booleans as YAML writes them: True, "True" (a report's parsed override) and "true" alike
+    text = lambda v: str(v).lower() if str(v).lower() in ("true", "false") else str(v)  # noqa: E731
+
+    def value(key: str):
+        key, _, default = key.partition("=")
+        found = values.get(key)
+        found = lookup(config or {}, key) if found is None else found
+        return text(found) if found is not None else (default or None)
+
+    for name, rule in METHODS:
+        ok = all((value(k) is not None and value(k) != want[1:]) if want.startswith("!") else value(k) == want
+                 for k, want in rule.items())
+        if ok:
+            shown = re.findall(r"\{([^}]+)\}", name)  # not str.format: it reads a dot as an attribute
+            for key in shown:
+                name = name.replace(f"{{{key}}}", str(value(key)))
+            return name, tuple(dict.fromkeys([k.partition("=")[0] for k in rule] + shown))
+    return None
+
+
 def label(keys: dict[str, str], choices: dict, config: dict, summary: dict | None = None) -> str:
     """A run's or group's display label from the override keys that matter (`keys`: key → value):
-    group options by name, the model by its layer sizes (once), the rest by KEYS."""
+    the method by its name (METHODS, else the estimator's), the model by its layer sizes (once),
+    the rest by KEYS."""
     parts = []
+    keys = {k.lstrip("+~"): v for k, v in keys.items()}
+    estimator = keys.get("estimator") or choices.get("estimator")
+    # the method is named where the estimator or a key that makes it another method varies: groups
+    # of backprop with and without local losses read "L-BP" and "backprop"
+    ruled = {k.partition("=")[0] for _, rule in METHODS for k in rule}
+    named = None
+    if estimator and any(keys.get(k) is not None for k in ruled):
+        named = method({**keys, "estimator": estimator}, config) or (option("estimator", estimator), ("estimator",))
+    said = False
     for key, value in keys.items():
-        key = key.lstrip("+~")
         if value is None:  # a key this group does not have (backprop's estimator.structure, say)
             continue
-        if key in MODEL_KEYS:
+        if named and (key == "estimator" or key in named[1]):
+            if said:
+                continue
+            part, said = named[0], True
+        elif key in MODEL_KEYS:
             part = model_name(config, choices.get("model", "mlp"), summary)
         else:
             part = setting(key, value)
         if part and part not in parts:
             parts.append(part)
+    if named and not said:  # the estimator does not vary and no rule held: its own name, first
+        parts.insert(0, named[0])
     return ", ".join(parts) or "defaults"
 

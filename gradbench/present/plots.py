@@ -36,7 +36,8 @@ BLOWUP = 1e3  # a diverged run's log axes stop at this many times its first valu
 
 
 def run_title(run_dir: Path, summary: dict | None = None) -> list[str]:
-    """What ran, as display names (gradbench.present.names): data, model, estimator, optimizer, the other
+    """What ran, as display names (gradbench.present.names): data, model, the method (L-BP, not
+    "backprop · local losses"), optimizer and its learning rate (overridden or not), the other
     overrides (no seed, no result-neutral keys), the seed; from the run's .hydra/ files."""
     hydra_dir = Path(run_dir) / ".hydra"
     config = files.read_yaml(hydra_dir / "config.yaml", opaque=True) if files.exists(hydra_dir / "config.yaml") else {}
@@ -48,14 +49,19 @@ def run_title(run_dir: Path, summary: dict | None = None) -> list[str]:
     rest = {key(o): o.partition("=")[2] for o in overrides
             if key(o) not in (*GROUPS, "seed", *names.MODEL_KEYS) and key(o).split(".")[0] not in NEUTRAL
             and not key(o).startswith("hydra")}
+    resolved = (summary or {}).get("config") or config
+    named = names.method({"estimator": choices.get("estimator"), **rest}, resolved) if "estimator" in choices else None
     head = []
     for group in GROUPS:
         if group not in choices or (group, choices[group]) in (("schedule", "constant"), ("dataset", "none")):
             continue
         head.append(names.model_name(config, choices[group], summary) if group == "model"
-                    else names.option(group, choices[group]))
+                    else named[0] if group == "estimator" and named else names.option(group, choices[group]))
+        lr = names.lookup(resolved, "optimizer.lr")
+        if group == "optimizer" and "optimizer.lr" not in rest and isinstance(lr, (int, float)):
+            head.append(names.setting("optimizer.lr", f"{lr:g}"))  # the default rate, said all the same
     parts = head or [Path(run_dir).name]
-    parts += [names.setting(k, v) for k, v in rest.items()]
+    parts += [names.setting(k, v) for k, v in rest.items() if not (named and k in named[1])]
     return parts + ([f"seed {config['seed']}"] if config.get("seed") is not None else [])
 
 
@@ -117,10 +123,10 @@ def draw_run(run_dir: Path, initial: dict | None = None, look: Look = Look()) ->
     frame = with_rates(raw)
     numbers = frame.select_dtypes("number")
     frame[numbers.columns] = numbers.where(np.isfinite(numbers)).clip(-HUGE, HUGE)
-    title = wrap(run_title(run_dir, summary), 60 if look.paper else 110)
+    title = wrap(run_title(run_dir, summary), look.chars())
     drawn = {}
     for figure, columns in figures(frame).items():
-        fig, axes = plt.subplots(1, 2, figsize=look.size((11, 4.4)), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=look.size((11, 4.4)), sharey=True, layout="constrained")
         width, size = plt.rcParams["lines.linewidth"], plt.rcParams["lines.markersize"]
         for i, column in enumerate(columns):
             split = split_of(column)
@@ -151,7 +157,6 @@ def draw_run(run_dir: Path, initial: dict | None = None, look: Look = Look()) ->
         legend(fig, axes[1], look)
         if look.titles:
             fig.suptitle(f"{column.label[0].upper()}{column.label[1:]}\n{title}", fontsize="medium")
-        fig.tight_layout()
         drawn[figure] = fig
     return drawn
 

@@ -9,7 +9,7 @@ their last finite value with a ✕; a group with nothing to draw stays in the le
 Groups differ in colour, line style and marker (markers staggered along the curve, so groups
 whose curves coincide stay visible; the legend says "identical to …" where their means are
 equal), and are labelled in the words of gradbench.present.names. confusion.png: a k × k matrix with
-its values in the cells.
+its values in the cells, a colour bar, and the group's name.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 
 from gradbench.present import names
 from gradbench.columns import describe, split_of
-from gradbench.present.figstyle import DOTTED, PALETTE, Look, integer_steps, legend, plain_log_ticks
+from gradbench.present.figstyle import DOTTED, PALETTE, Look, integer_steps, legend, plain_log_ticks, wrap
 from gradbench.present.plots import HUGE
 from gradbench.present.report_runs import BAD
 
@@ -37,11 +37,11 @@ SAME = 1e-4  # relative difference at every step below which two mean curves are
 
 
 def style(i: int) -> dict:
-    """Group i's colour, line style and marker: the eight Okabe–Ito colours, the style and the
-    marker changing with each round of eight, so no two of 100 groups look alike."""
+    """Group i's colour, line style and marker: the seven palette colours, the style changing
+    with each round of seven, the marker with every group; 7 × 3 and 8 markers are coprime, so
+    no two of 168 groups look alike."""
     n = len(PALETTE)
-    return {"color": PALETTE[i % n], "linestyle": STYLES[(i // n) % len(STYLES)],
-            "marker": MARKERS[(i + i // n) % len(MARKERS)]}
+    return {"color": PALETTE[i % n], "linestyle": STYLES[(i // n) % len(STYLES)], "marker": MARKERS[i % len(MARKERS)]}
 
 
 def curve_columns(frames: list[pd.DataFrame]) -> list[str]:
@@ -90,7 +90,7 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look 
     drawn = {}
     thin, bold = plt.rcParams["lines.linewidth"] * 0.5, plt.rcParams["lines.linewidth"] * 1.5
     for column in curve_columns([f for runs in groups.values() for f, _ in runs]):
-        fig, axes = plt.subplots(1, 2, figsize=look.size((12.5, 4.8)), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=look.size((12.5, 4.8)), sharey=True, layout="constrained")
         handles, positive, ends, means = [], True, [], {}
         for i, (name, runs) in enumerate(groups.items()):
             look_i = style(i)
@@ -134,9 +134,9 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look 
             ax.plot([x], [min(max(y, low), high)], "x", color=color, ms=6, clip_on=False)
         legend(fig, axes[1], look, handles, long=True)
         if look.titles:
-            fig.suptitle(f"{axis_label(column).capitalize()}: bold = mean over the seeds (only where every finished "
-                         f"seed still runs), thin = each seed, dotted ✕ = diverged or failed", fontsize="medium")
-        fig.tight_layout()
+            fig.suptitle(wrap([f"{axis_label(column).capitalize()}: bold = mean over the seeds",
+                               "(only where every finished seed still runs),", "thin = each seed,",
+                               "dotted ✕ = diverged or failed"], look.chars(), sep=" "), fontsize="medium")
         drawn[column] = fig
     return drawn
 
@@ -194,25 +194,32 @@ def legend_text(name: str, runs: list[tuple[pd.DataFrame, str]], ok: list[pd.Dat
 
 
 def plot_confusion(matrix: np.ndarray, title: str, stem: Path, classes: list[str] | None = None,
-                   look: Look = Look()) -> list[Path]:
+                   look: Look = Look(), unit: str = "test examples") -> list[Path]:
+    """A confusion matrix (draw_confusion); stem.<format> for each of the look's formats."""
+    with look.rc():
+        return look.save(draw_confusion(matrix, title, classes, look, unit), stem)
+
+
+def draw_confusion(matrix: np.ndarray, title: str, classes: list[str] | None = None, look: Look = Look(),
+                   unit: str = "test examples") -> plt.Figure:
     """A confusion matrix (rows true class, columns predicted, labelled by `classes`) with each
-    cell's value written in it; stem.<format> for each of the look's formats."""
+    cell's value written in it, a colour bar saying what the shades count (`unit`), and `title`
+    (the group's display name and what ran) above it where the look has titles."""
     k = len(matrix)
     classes = classes or [str(i) for i in range(k)]
     tilt = max(map(len, classes)) > 3
-    with look.rc():
-        side = max(3.5, 1.2 + 0.6 * k)
-        fig, ax = plt.subplots(figsize=look.size((side, side), panels=1) if look.paper else (side, max(3.5, 1.0 + 0.6 * k)))
-        ax.imshow(matrix, cmap="Blues")
-        integral = np.allclose(matrix, np.round(matrix))
-        for (i, j), v in np.ndenumerate(matrix):
-            ax.text(j, i, f"{v:.0f}" if integral else f"{v:.1f}", ha="center", va="center",
-                    color="white" if v > matrix.max() / 2 else "black", fontsize="small")
-        ax.set_xticks(range(k), classes, rotation=45 if tilt else 0, ha="right" if tilt else "center")
-        ax.set_yticks(range(k), classes)
-        ax.set_xlabel("predicted class")
-        ax.set_ylabel("true class")
-        if look.titles:
-            ax.set_title("\n".join(textwrap.fill(line, 45) for line in title.splitlines()), fontsize="small")
-        fig.tight_layout()
-        return look.save(fig, stem)
+    side = max(3.5, 1.2 + 0.6 * k)
+    fig, ax = plt.subplots(figsize=look.size((side + 0.8, max(3.5, 1.0 + 0.6 * k)), panels=1), layout="constrained")
+    image = ax.imshow(matrix, cmap="Blues", vmin=0)
+    integral = np.allclose(matrix, np.round(matrix))
+    for (i, j), v in np.ndenumerate(matrix):
+        ax.text(j, i, f"{v:.0f}" if integral else f"{v:.1f}", ha="center", va="center",
+                color="white" if v > matrix.max() / 2 else "black", fontsize="small")
+    ax.set_xticks(range(k), classes, rotation=45 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_yticks(range(k), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(image, ax=ax, label=unit, shrink=0.9)
+    if look.titles:
+        ax.set_title("\n".join(wrap(line.split(" · "), 45) for line in title.splitlines()), fontsize="small")
+    return fig

@@ -36,6 +36,17 @@ def _folder(sweep_dir) -> Path:
     return Path(sweep_dir) / ".gradbench" / "outcomes"
 
 
+def outcome(path: Path) -> str:
+    """A job's recorded outcome, read as data (gradbench.run.files: a regular file, a few bytes);
+    an unreadable record counts as "failed"."""
+    from gradbench.run.files import read_text
+
+    try:
+        return read_text(path, cap=64)
+    except ValueError:
+        return "failed"
+
+
 def record(run_dir: Path, outcome: str) -> None:
     """Record a sweep job's outcome (a single run records nothing)."""
     from hydra.core.hydra_config import HydraConfig
@@ -184,7 +195,7 @@ class Tally(Callback):
             bar.stop()
         folder = _folder(config.hydra.sweep.dir)
         # job numbers only: a temporary file of a worker killed mid-write is no outcome
-        counts = Counter(p.read_text() for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else Counter()
+        counts = Counter(outcome(p) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else Counter()
         RESULT.update(counts=counts, dir=config.hydra.sweep.dir)
         line = ", ".join(f"{counts[o]} {o}" for o in OUTCOMES if counts[o] or o != "interrupted")
         log.info("sweep done: %s → %s (gradbench report %s)", line, config.hydra.sweep.dir,

@@ -20,7 +20,6 @@ mlflow is imported only when asked for (it takes seconds).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -32,6 +31,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from gradbench.errors import ConfigError
+from gradbench.run import files
+from gradbench.run.sweep import outcome as sweep_outcome
 
 log = logging.getLogger(__name__)
 LOCAL_STORE = "outputs/mlflow.db"  # the default store, beside the runs (relative to the working directory)
@@ -193,8 +194,8 @@ class Tracker:
             return
         self.flush()
         try:
-            summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        except ValueError:
+            summary = files.read_json(summary_path) if files.exists(summary_path) else {}
+        except ValueError:  # BadRunFile too: a run dir is read through gradbench.run.files only
             summary = {}
         from mlflow.entities import Metric
 
@@ -274,7 +275,7 @@ class SweepRun(Callback):
             experiment = experiment_id(mlflow_client, str(settings.get("experiment") or "gradbench"), uri)
             parent = find_run(mlflow_client, experiment, SWEEP_DIR, str(Path(config.hydra.sweep.dir).resolve()), "sweep")
             folder = _folder(config.hydra.sweep.dir)
-            failed = folder.is_dir() and any(p.read_text() == "failed" for p in folder.iterdir())
+            failed = folder.is_dir() and any(sweep_outcome(p) == "failed" for p in folder.iterdir())
             if parent:
                 mlflow_client.set_terminated(parent, status="FAILED" if failed else "FINISHED")
         except Exception as e:  # the jobs' runs are whole; only the parent stays open
