@@ -9,6 +9,7 @@ imports a command's module only when that command runs, so `--help` stays instan
     evaluate.py          `gradbench eval`: a trained model on a split, again
     report.py            `gradbench report`: a sweep's runs as tables, figures and the best group
     functions_report.py  `gradbench functions`: test-function runs as paths over contours
+    search.py            `gradbench search`: one optimizer × rate search for every method, then the best longer
 
 A command may use everything below it (present/, run/, the estimators, models and data); nothing
 below imports a command.

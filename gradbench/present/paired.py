@@ -27,7 +27,8 @@ HEADLINE = ("test_accuracy", "test_error_rate", "val_accuracy", "best_val_accura
             "time_to_target_s", "mean_step_time_s", "train_time_s")
 NOTE = ("paired against the baseline on the seeds both have (finished runs): Δ = mean of the per-seed "
         "differences (group − baseline) ± 95% CI (Student t over the pairs), × = mean per-seed ratio "
-        "group / baseline ± its 95% CI; **tied**: the Δ interval holds 0; n = pairs; blank: fewer than one pair")
+        "group / baseline ± its 95% CI; **tied**: the Δ interval holds 0; n = pairs (a seed where either run has no "
+        "value, e.g. a target not reached, is left out); blank: no pair")
 
 
 def parse_baseline(items: list[str]) -> dict[str, str]:

@@ -20,7 +20,7 @@ from gradbench.run.event_log import LOGGERS
 from gradbench.models import INIT_LAWS
 
 GROUPS = ("dataset", "model", "estimator", "optimizer", "schedule")
-SKIP = ("hydra", "check", "bench", "reference")  # checked by their own commands, or free-form
+SKIP = ("hydra", "check", "bench", "reference", "search")  # checked by their own commands, or free-form
 
 
 def is_int(v) -> bool:
