@@ -9,12 +9,14 @@ driver takes the trainer as an argument, and the subprocess one differs only in 
 import json
 import math
 import re
+import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
+from conftest import GRADBENCH
 from gradbench.cli import main as cli
 from gradbench.commands import search
 from gradbench.commands.report import main as report
@@ -197,3 +199,19 @@ def test_the_experiment_and_its_schedule_compose_and_the_makefile_runs_it():
     assert re.search(r"^backprop-free: setup ## ", text, re.M)
     assert "gradbench search backprop_free" in text.replace("$(GRADBENCH)", "gradbench")
     assert (Path(CONF) / "schedule" / "warmup_cosine.yaml").exists()
+
+
+@pytest.mark.slow
+def test_the_cli_runs_each_sweep_as_its_own_gradbench_train_process(tmp_path):
+    """`gradbench search` as a user runs it: each sweep a `python -m gradbench.cli train -m`
+    subprocess (the default trainer). One method, SGD at one rate: always on the edge, so the
+    extension runs too."""
+    out = tmp_path / "bpf"
+    result = subprocess.run([GRADBENCH, "search", "backprop_free", "--out", str(out), "--only", "backprop",
+                             "--search-only", *TINY, "~search.optimizers.momentum", "~search.optimizers.adam",
+                             "search.factors=[1.0]"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = pd.read_csv(out / "search" / "trials.csv")
+    assert len(trials) == 2 and trials["extension"].sum() == 1 and trials["chosen"].sum() == 1
+    assert "[search 1/1" in result.stderr and "skipped zo_rank1" not in result.stderr  # --only: no others
+    assert not (out / "long").exists()
