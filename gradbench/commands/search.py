@@ -266,7 +266,7 @@ def parser() -> argparse.ArgumentParser:
                                 "seeds for longer (resumable: skip_done).")
     p.add_argument("experiment", help="a conf/experiment option with a `search:` block, e.g. backprop_free")
     p.add_argument("--out", type=Path, required=True, help="where search/ and long/ go")
-    p.add_argument("--only", metavar="M1,M2", help="only these methods (comma-separated names)")
+    p.add_argument("--only", metavar="M1,M2", help="only these methods (comma-separated names; the search tables then list only them)")
     p.add_argument("--search-only", action="store_true", help="stage 1 only (no long stage)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="search.* changes the search; every other override goes to each training run")
