@@ -156,7 +156,8 @@ fg-family: setup ## the forward-gradient family on MNIST: FG-W, FG-A, K=8 mean/p
 # by validation accuracy (backprop always among them) for 10 epochs (8600 steps) with warm-up +
 # cosine on seeds 1-3. Every sweep skips its finished jobs, so an interrupted run resumes where it
 # stopped. Methods whose estimator config does not exist yet are skipped with one line each.
-# Then the long stage's tables at validation accuracy 0.97 and 0.9, paired against backprop.
+# Then the long stage's tables at validation accuracy 0.97 and 0.9, paired against backprop, and
+# the step cost (time, peak memory, passes per step) of the methods at batch 64 (bench/).
 BPF := $(REPORTS)/backprop_free
 BPF_BASELINE := --baseline estimator=backward model.local_losses=false
 backprop-free: setup ## every method at its best optimizer and rate, the best 4 for 10 epochs, paired against backprop (needs MNIST; hours on 2 cores, resumable)
@@ -165,6 +166,7 @@ backprop-free: setup ## every method at its best optimizer and rate, the best 4 
 	$(GRADBENCH) report $(BPF)/long --out $(BPF)/t097 --select val_accuracy --target-accuracy 0.97 $(BPF_BASELINE) --no-plots >/dev/null
 	$(GRADBENCH) report $(BPF)/long --out $(BPF) --select val_accuracy --target-accuracy 0.9 $(BPF_BASELINE) $(FIGSTYLE)
 	mkdir -p $(FIGURES) && cp $(BPF)/val_accuracy.png $(FIGURES)/backprop_free.png
+	$(GRADBENCH) bench +benchmark=fg_family 'bench.batch_sizes=[64]' hydra.run.dir=$(BPF)/bench $(ARGS)
 
 variance: setup ## each estimator's error against its theory as the MLP grows (penguins, float64; ~1 min) → README figure
 	$(GRADBENCH) variance device=cpu variance.look.style=paper variance.look.width=page hydra.run.dir=$(REPORTS)/variance $(ARGS)

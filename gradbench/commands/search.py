@@ -221,7 +221,9 @@ class Search:
                 say(f"{name}: the search now chooses another setting; the earlier long runs are in {moved}")
             where.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(best, where / "chosen")
-            say(f"[long {k}/{len(chosen)}, {self.elapsed()}] {name}: {' '.join(best.read_text().split())}")
+            shown = [ln for ln in best.read_text().splitlines()  # the choice, without what every run shares
+                     if ln not in self.extra and not ln.startswith(("+experiment=", "max_steps="))]
+            say(f"[long {k}/{len(chosen)}, {self.elapsed()}] {name}: {' '.join(shown)}")
             self.sweep(where, *best.read_text().splitlines(), *spec["overrides"], f"max_steps={spec['steps']}",
                        f"seed={text(spec['seeds'])}", experiment=False)
 
