@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test test-slow test-all mutations clean reports bench threads test-functions fwd-vs-bwd paper-mnist fg-family variance five-models toy-backprop gd-vs-nag cifar-search depth bench-depth
+.PHONY: help setup run test test-slow test-all mutations clean reports bench threads test-functions fwd-vs-bwd paper-mnist fg-family backprop-free variance five-models toy-backprop gd-vs-nag cifar-search depth bench-depth
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -52,7 +52,7 @@ NEED_DATA  = $(GRADBENCH) data hydra.run.dir=$(REPORTS)/$(1)/data $(2)
 # The development machines keep real MNIST in ../shared/data; elsewhere the data root is
 # $$GRADBENCH_DATA or gradbench's default (~/.cache/gradbench), where torchvision downloads it.
 # Only the targets that train or time on real data look there; `make test` never does.
-bench bench-depth threads reports fwd-vs-bwd paper-mnist fg-family five-models cifar-search depth: \
+bench bench-depth threads reports fwd-vs-bwd paper-mnist fg-family backprop-free five-models cifar-search depth: \
   export GRADBENCH_DATA ?= $(if $(wildcard ../shared/data/MNIST/raw),$(abspath ../shared/data))
 
 # The README's images live in outputs/figures/ (kept in git); the targets regenerate them.
@@ -159,6 +159,25 @@ fg-family: setup ## the forward-gradient family on MNIST: FG-W, FG-A, K=8 mean/p
 	$(GRADBENCH) report $(FG)/seeds --out $(FG)/t05 --select val_accuracy --target-accuracy 0.5 --no-plots >/dev/null
 	$(GRADBENCH) report $(FG)/seeds --out $(FG) --select val_accuracy --target-accuracy 0.9 $(FIGSTYLE)
 	mkdir -p $(FIGURES) && cp $(FG)/val_accuracy.png $(FIGURES)/fg_family.png
+
+# The backprop-free table (README "The backprop-free table"), fg-family's successor: `gradbench
+# search` gives every method of +experiment=backprop_free the same search on seed 0 (2000 steps:
+# SGD, SGD + momentum 0.9, Adam × 3 rates around the method's centre, × head layouts for local
+# losses; a best rate on its grid's edge gets one more rate beyond it, once), then trains the best 4
+# by validation accuracy (backprop always among them) for 10 epochs (8600 steps) with warm-up +
+# cosine on seeds 1-3. Every sweep skips its finished jobs, so an interrupted run resumes where it
+# stopped. Methods whose estimator config does not exist yet are skipped with one line each.
+# Then the long stage's tables at validation accuracy 0.97 and 0.9, paired against backprop, and
+# the step cost (time, peak memory, passes per step) of the methods at batch 64 (bench/).
+BPF := $(REPORTS)/backprop_free
+BPF_BASELINE := --baseline estimator=backward model.local_losses=false
+backprop-free: setup ## every method at its best optimizer and rate, the best 4 for 10 epochs, paired against backprop (needs MNIST; hours on 2 cores, resumable)
+	$(call NEED_DATA,backprop_free,dataset=mnist)
+	$(GRADBENCH) search backprop_free --out $(BPF) $(ARGS)
+	$(GRADBENCH) report $(BPF)/long --out $(BPF)/t097 --select val_accuracy --target-accuracy 0.97 $(BPF_BASELINE) --no-plots >/dev/null
+	$(GRADBENCH) report $(BPF)/long --out $(BPF) --select val_accuracy --target-accuracy 0.9 $(BPF_BASELINE) $(FIGSTYLE)
+	mkdir -p $(FIGURES) && cp $(BPF)/val_accuracy.png $(FIGURES)/backprop_free.png
+	$(GRADBENCH) bench +benchmark=fg_family 'bench.batch_sizes=[64]' hydra.run.dir=$(BPF)/bench $(ARGS)
 
 variance: setup ## each estimator's error against its theory as the MLP grows (penguins, float64; ~1 min) → README figure
 	$(GRADBENCH) variance device=cpu variance.look.style=paper variance.look.width=page hydra.run.dir=$(REPORTS)/variance $(ARGS)

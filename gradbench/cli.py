@@ -282,12 +282,14 @@ COMMANDS = {
     "bench-report": "gather bench runs into one table and draw scaling curves",
     "eval": "evaluate a finished run's model.pt on a split (metrics, confusion, predictions)",
     "functions": "draw test-function runs: paths over contours, the sphere's steps against dimension",
+    "search": "the same optimizer × rate search for every method, then the best ones longer (backprop-free table)",
 }
 HYDRA_COMMANDS = {"train": "gradbench.commands.train:train_job", "check": "gradbench.commands.check:check_job",
                   "variance": "gradbench.commands.variance:variance_job",
                   "data": "gradbench.commands.train:data_job", "bench": "gradbench.commands.bench:bench_job"}  # Hydra commands: function(cfg, run_dir)
 PLAIN_COMMANDS = {"report": "gradbench.commands.report:main", "bench-report": "gradbench.commands.bench_report:main",
-                  "eval": "gradbench.commands.evaluate:main", "functions": "gradbench.commands.functions_report:main"}  # argparse commands: function(argv)
+                  "eval": "gradbench.commands.evaluate:main", "functions": "gradbench.commands.functions_report:main",
+                  "search": "gradbench.commands.search:main"}  # argparse commands: function(argv)
 
 
 def complete_command(argv: list[str]) -> bool:

@@ -190,3 +190,29 @@ def exponential_decay(optimizer: torch.optim.Optimizer, rate: float) -> torch.op
     """lr_i = lr_0 · exp(−rate · i), stepped once per update: torch's ExponentialLR, γ = e^(−rate)."""
     require(rate >= 0, "schedule.rate", "must be >= 0", rate)
     return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=math.exp(-rate))
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: float = 0.05,
+                  final: float = 0.0) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up over the first ⌈warmup·steps⌉ updates, then cosine decay to final·lr_0 at
+    `steps` (Loshchilov & Hutter 2017, with the warm-up of Goyal et al. 2017; Ren et al. 2023's
+    released code trains with it). The factor on lr_0 at update i (0-based, the rate update i uses):
+
+        (i + 1) / w                                        i < w   (w = warm-up updates)
+        final + (1 − final) · (1 + cos(π·(i − w)/(steps − w))) / 2    w ≤ i < steps
+        final                                              i ≥ steps (a run longer than planned)
+    """
+    require(isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1, "schedule.steps",
+            "must be a positive integer (the run's length: warmup_cosine needs max_steps)", steps)
+    require(0 <= warmup < 1, "schedule.warmup", "must be a fraction in [0, 1)", warmup)
+    require(0 <= final <= 1, "schedule.final", "must be in [0, 1]", final)
+    w = math.ceil(warmup * steps)
+
+    def factor(i: int) -> float:
+        if i < w:
+            return (i + 1) / w
+        if i >= steps:
+            return final
+        return final + (1 - final) * (1 + math.cos(math.pi * (i - w) / (steps - w))) / 2
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

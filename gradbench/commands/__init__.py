@@ -10,6 +10,7 @@ imports a command's module only when that command runs, so `--help` stays instan
     report.py            `gradbench report`: a sweep's runs as tables, figures and the best group
     functions_report.py  `gradbench functions`: test-function runs as paths over contours
     arguments.py         the plain commands' options (argparse, standard library only: instant --help)
+    search.py            `gradbench search`: one optimizer × rate search for every method, then the best longer
 
 A command may use everything below it (present/, run/, the estimators, models and data); nothing
 below imports a command.

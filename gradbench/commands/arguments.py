@@ -54,6 +54,9 @@ def report() -> argparse.ArgumentParser:
                    "for each value of KEY, a group choice or override key such as estimator")
     p.add_argument("--reference", type=Path, metavar="FILE.yaml",
                    help="a report's numbers to show beside ours (default: `reference` in the runs' config)")
+    p.add_argument("--baseline", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="also paired.md/.csv: each group against the one group with these values (e.g. "
+                   "estimator=backward), paired seed by seed: mean difference and ratio with 95%% t-CIs")
     p.add_argument("--no-plots", action="store_true", help="tables only (no figures)")
     add_arguments(p)
     add_config_dir(p, builds=False)

@@ -2,6 +2,7 @@
 
     gradbench report outputs/multirun/<date>/<time> [--target-loss 0.3 | --target-accuracy 0.9] [--select val_loss]
                      [--best-per estimator] [--reference FILE.yaml] [--ignore KEY ...] [--out OUT]
+                     [--baseline KEY=VALUE ...]
                      [--style paper] [--width column|page] [--format pdf svg png]
 
 Groups are the runs' resolved configs minus the seed and result-neutral keys, labelled by their
@@ -9,7 +10,8 @@ overrides (in the figures: by gradbench.present.names); cells are mean ± 95% CI
 (gradbench.present.report_runs), clipped to the metric's range and shown as [lo, hi] where the t-interval
 would leave it (gradbench.present.report_cells). Writes table.csv, table.md, best.md (the best group and the groups tied with
 it), confusion.png, <metric>.png overlays (gradbench.present.report_plots; --format for PDF or SVG)
-and, with --best-per, table_best.csv/.md; prints the tables.
+and, with --best-per, table_best.csv/.md; with --baseline, paired.md/.csv (each group against the
+baseline group seed by seed: gradbench.present.paired); prints the tables.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from gradbench.commands import arguments
-from gradbench.present import names
+from gradbench.present import names, paired
 from gradbench.run import files
 from gradbench.columns import better
 from gradbench.present.figstyle import look_of
@@ -200,6 +202,7 @@ def report(args: argparse.Namespace) -> int:
     by_group = group_runs(runs, ignore)
     first = {g: members[0] for g, members in by_group.items()}
     keys = varying([group_of(first[g], ignore) for g in by_group])
+    baseline = paired.find_baseline(first, paired.parse_baseline(args.baseline)) if args.baseline else None
     if args.target_loss is not None and args.target_accuracy is not None:
         raise ValueError("--target-loss and --target-accuracy: give one of them")
     target = (("train_loss", args.target_loss, "below") if args.target_loss is not None else
@@ -235,6 +238,8 @@ def report(args: argparse.Namespace) -> int:
         text += f"\n## Best group per {args.best_per} (by {metric})\n\n"
         text += write_table(best, [args.best_per, *(k for k in keys if k != args.best_per)],
                             out / "table_best", reference.get("source"))
+    if baseline is not None:  # paired.md / paired.csv: each group against the baseline, seed by seed
+        text += "\n" + paired.write(frame, baseline, metric_columns(frame), out, short)
     if not args.no_plots:
         from gradbench.present.report_plots import plot_overlays
 

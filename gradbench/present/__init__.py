@@ -8,6 +8,8 @@ re-plotted and re-aggregated later).
     report_runs.py   a sweep's run dirs as rows: find, read, group, aggregate
     report_cells.py  a report's cells: mean ± CI, ties, the best group
     report_plots.py  a report's overlay and confusion figures
+    paired.py        a report's groups against a baseline group, seed by seed (--baseline)
+    search_table.py  `gradbench search`'s tables: every trial, each method's choice
 
 It reads run dirs through the run machinery (gradbench.run) and is used by the commands.
 """

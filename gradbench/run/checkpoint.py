@@ -22,7 +22,7 @@ FILE = "checkpoint.pt"
 # eval_chunk: a forward pass's arithmetic depends on its batch shape (one row takes another
 # BLAS path than 4096), so the evaluation metrics' last bits depend on the chunk.
 NEUTRAL = ("resume", "skip_done", "threads", "log_every_s", "logger", "plot", "save_model",
-           "checkpoint_every", "check", "bench", "sweep_metric")
+           "checkpoint_every", "check", "bench", "sweep_metric", "search")
 # Stop rules: a resumed run may be given a larger budget (continue a finished run further).
 STOP_RULES = ("max_steps", "max_epochs", "stop_below")
 

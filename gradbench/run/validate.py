@@ -21,7 +21,7 @@ from gradbench.run.tracker import TRACKING_SCHEMES
 from gradbench.models import INIT_LAWS
 
 GROUPS = ("dataset", "model", "estimator", "optimizer", "schedule")
-SKIP = ("hydra", "check", "bench", "reference")  # checked by their own commands, or free-form
+SKIP = ("hydra", "check", "bench", "reference", "search")  # checked by their own commands, or free-form
 
 
 def is_int(v) -> bool:
@@ -70,6 +70,9 @@ RULES: dict[str, Rule] = {
     "optimizer.betas": (lambda v, c: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
     "optimizer.eps": (lambda v, c: v > 0, "must be > 0"),
     "schedule.rate": (lambda v, c: v >= 0, "must be >= 0"),
+    "schedule.steps": (positive_or_null, "must be a positive integer (warmup_cosine: the run's max_steps)"),
+    "schedule.warmup": (lambda v, c: 0 <= v < 1, "must be a fraction in [0, 1)"),
+    "schedule.final": (lambda v, c: 0 <= v <= 1, "must be in [0, 1]"),
     "model.hidden": (lambda v, c: all(h >= 1 for h in v), "must be a list of positive sizes"),
     "model.channels": (lambda v, c: len(v) >= 1 and all(h >= 1 for h in v), "must be a non-empty list of positive channel counts"),
     "model.l2": (lambda v, c: v >= 0, "must be >= 0"),
