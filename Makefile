@@ -177,7 +177,7 @@ backprop-free: setup ## every method at its best optimizer and rate, the best 4 
 	$(GRADBENCH) report $(BPF)/long --out $(BPF)/t097 --select val_accuracy --target-accuracy 0.97 $(BPF_BASELINE) --no-plots >/dev/null
 	$(GRADBENCH) report $(BPF)/long --out $(BPF) --select val_accuracy --target-accuracy 0.9 $(BPF_BASELINE) $(FIGSTYLE)
 	mkdir -p $(FIGURES) && cp $(BPF)/val_accuracy.png $(FIGURES)/backprop_free.png
-	$(GRADBENCH) bench +benchmark=fg_family 'bench.batch_sizes=[64]' hydra.run.dir=$(BPF)/bench $(ARGS)
+	$(GRADBENCH) bench +benchmark=backprop_free hydra.run.dir=$(BPF)/bench $(ARGS)
 
 variance: setup ## each estimator's error against its theory as the MLP grows (penguins, float64; ~1 min) → README figure
 	$(GRADBENCH) variance device=cpu variance.look.style=paper variance.look.width=page hydra.run.dir=$(REPORTS)/variance $(ARGS)
