@@ -137,12 +137,24 @@ def processes():
         started.stop_all()
 
 
+def stop_worker_pool() -> None:
+    """Shut down joblib's reusable loky executor, where a test in this process started one."""
+    executor = sys.modules.get("joblib.externals.loky.reusable_executor")
+    if executor is not None and getattr(executor, "_executor", None) is not None:
+        executor._executor.shutdown(wait=True, kill_workers=True)
+        executor._executor = None
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind(request):
     """Fails a test that leaves a process running (after a polled grace period), and kills it,
-    so that one test's leftover neither loads the machine nor is blamed on the next test."""
+    so that one test's leftover neither loads the machine nor is blamed on the next test. A
+    parallel sweep run in-process leaves joblib's reusable worker pool: the test's own cleanup
+    shuts it down first; the interpreter's resource trackers (one per process, gone with pytest)
+    are not a test's."""
     yield
-    left = wait_until_gone(descendants)
+    stop_worker_pool()
+    left = wait_until_gone(lambda: {pid: cmd for pid, cmd in descendants().items() if "resource_tracker" not in cmd})
     if left:
         kill_all(left)
         pytest.fail(f"{request.node.nodeid} left {len(left)} process(es) running: "

@@ -230,4 +230,5 @@ def test_scaling_figures_say_the_model_the_batch_and_the_band(tmp_path):
     assert "batch " not in text  # the batch size is the axis
     text = depth._supxlabel.get_text().replace("\n", " ")
     assert "MLP 784-1024-1024-10 to 784-1024×16-10 on MNIST" in text and "batch 64" in text
-    assert [t.get_text() for t in batch.axes[0].get_legend().get_texts()] == ["backprop", "FG-W dense"]
+    legends = [*batch.legends, *(ax.get_legend() for ax in batch.axes if ax.get_legend())]
+    assert [t.get_text() for legend in legends for t in legend.get_texts()] == ["backprop", "FG-W dense"]

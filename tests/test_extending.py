@@ -50,18 +50,18 @@ def test_the_extension_guide_runs_as_written(tmp_path):
 
     run = tmp_path / "outputs" / "guide" / "run"
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["config"]["estimator"]["_target_"] == "my_ext.zeroth_order.ZerothOrder"
+    assert summary["config"]["estimator"]["_target_"] == "my_ext.spsa.SPSA"
     assert summary["config"]["model"]["_target_"] == "my_ext.models.ResidualMLP"
     accuracy = summary["final"]["test"]["accuracy"]
     assert f"test accuracy of {accuracy:.3f} in 200 steps" in section("Extending gradbench").replace("\n", " ")
     assert f"accuracy {accuracy:.6g}" in out  # eval reproduces the run's final test metrics exactly
     check = next((tmp_path / "outputs" / "runs").glob("*/*/check.csv")).read_text()
-    assert "zeroth_order" in check and "check passed" in out
+    assert "spsa" in check and "check passed" in out
     rows = (tmp_path / "outputs" / "guide" / "variance" / "variance.csv").read_text().splitlines()
     column = rows[0].split(",").index("estimator")
-    assert {row.split(",")[column] for row in rows[1:]} == {"zeroth_order", "forward"}
+    assert {row.split(",")[column] for row in rows[1:]} == {"spsa", "forward"}
     table = (tmp_path / "outputs" / "guide" / "sweep" / "table.md").read_text()
-    assert "zeroth_order" in table and "4 runs in 2 groups" in out
+    assert "spsa" in table and "4 runs in 2 groups" in out
 
     # the guide's claim: without --config-dir, eval builds nothing of the user's and says so in one line
     refused = subprocess.run([f"{BIN}/gradbench", "eval", "outputs/guide/run"], cwd=tmp_path, capture_output=True,

@@ -61,6 +61,10 @@ def train_commands() -> list:
             continue  # placeholders to fill in; help and composed config run nothing
         if "hydra/launcher=slurm" in words:
             continue  # needs a SLURM cluster
+        if any(w.startswith("logger.tracking_uri=http") for w in words):
+            continue  # needs a running MLflow server: tests/test_mlflow.py starts one (slow)
+        if "my_conf" in words:
+            continue  # the extension guide's commands, run with its own files by tests/test_extending.py
         if "device=cuda" in words and not torch.cuda.is_available():
             continue
         if any(w in SLOW_LAUNCHERS for w in words):

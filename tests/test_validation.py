@@ -97,7 +97,7 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_what_was_written(runner, caps
 @pytest.mark.parametrize("sweep, job, message", [
     (["seed=0,1", "max_steps=abc"], "seed=0 max_steps=abc", "max_steps must be an integer, got 'abc'"),
     (["max_steps=3,0"], "max_steps=0", "max_steps must be a positive integer or null, got 0"),
-    (["optimizer.lr=0.1,-1", "seed=0,1"], "optimizer.lr=-1 seed=0", "optimizer.lr must be > 0, got -1"),
+    (["optimizer.lr=0.1,-1", "seed=0,1"], "optimizer.lr=-1 seed=0", "optimizer.lr must be a finite number > 0, got -1"),
 ])
 def test_a_sweep_with_a_bad_job_is_refused_before_any_job_starts(runner, capsys, sweep, job, message):
     """Every job's config is checked before the first starts (gradbench.run.preflight): the bad

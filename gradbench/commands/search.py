@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import io
 import math
+import shlex
 import shutil
 import subprocess
 import sys
@@ -221,16 +222,22 @@ class Search:
                 say(f"{name}: the search now chooses another setting; the earlier long runs are in {moved}")
             where.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(best, where / "chosen")
-            shown = [ln for ln in best.read_text().splitlines()  # the choice, without what every run shares
+            shown = [ln for ln in chosen_overrides(best.parent)  # the choice, without what every run shares
                      if ln not in self.extra and not ln.startswith(("+experiment=", "max_steps="))]
             say(f"[long {k}/{len(chosen)}, {self.elapsed()}] {name}: {' '.join(shown)}")
-            self.sweep(where, *best.read_text().splitlines(), *spec["overrides"], f"max_steps={spec['steps']}",
+            self.sweep(where, *chosen_overrides(best.parent), *spec["overrides"], f"max_steps={spec['steps']}",
                        f"seed={text(spec['seeds'])}", experiment=False)
 
 
 def chosen_overrides(where: Path) -> list[str] | None:
+    """best.overrides' lines as arguments: report writes each shell-quoted (for xargs and a shell),
+    so each line is unquoted here, as xargs would (one argument a line)."""
+    from gradbench.run import files
+
     path = where / "best.overrides"
-    return path.read_text().splitlines() if path.exists() else None
+    if not files.exists(path):
+        return None
+    return [shlex.split(line)[0] for line in files.read_text(path).splitlines() if line.strip()]
 
 
 def same_trial(run_lines: list[str], chosen: list[str]) -> bool:
