@@ -258,21 +258,18 @@ def test_variance_covers_the_new_estimators(runner):
 
 
 @pytest.mark.slow  # ~1.5 min on 2 busy cores: a real kill -9 in the middle of a DFA run, then resume=RUN_DIR
-def test_dfa_survives_kill_9_and_resumes_bit_identical(tmp_path):
+def test_dfa_survives_kill_9_and_resumes_bit_identical(tmp_path, processes):
     from test_faults import start, wait_for, wait_for_rows
 
     args = ["train", "estimator=direct_feedback_alignment", *PENGUINS, "max_steps=400", "checkpoint_every=7"]
     subprocess.run([GRADBENCH, *args, "hydra.run.dir=whole"], cwd=tmp_path, check=True, capture_output=True)
     run = tmp_path / "run"
-    process = start(tmp_path, *args, f"hydra.run.dir={run}")
-    try:
-        wait_for(run / "checkpoint.pt")
-        wait_for_rows(run / "metrics.csv", random.Random(0).randint(20, 300))
-        assert process.poll() is None, "the run ended before the kill"
-        os.kill(process.pid, signal.SIGKILL)
-    finally:
-        process.kill()
-        process.wait()
+    process = start(processes, tmp_path, *args, f"hydra.run.dir={run}")  # the fixture kills it whatever happens
+    wait_for(run / "checkpoint.pt")
+    wait_for_rows(run / "metrics.csv", random.Random(0).randint(20, 300))
+    assert process.poll() is None, "the run ended before the kill"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
     stored = torch.load(run / "checkpoint.pt", weights_only=True)["estimator"]
     subprocess.run([GRADBENCH, "train", f"resume={run}"], cwd=tmp_path, check=True, capture_output=True)
     cols = ["step", "batch_loss", "train_loss", "val_loss"]
