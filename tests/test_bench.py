@@ -225,10 +225,16 @@ def test_scaling_figures_say_the_model_the_batch_and_the_band(tmp_path):
     with look.rc():
         batch = draw(load(tmp_path / "batch"), "batch_size", look)
         depth = draw(load(tmp_path / "depth"), "layers", look)
-    text = batch._supxlabel.get_text().replace("\n", " ")
+    text = batch._suptitle.get_text().replace("\n", " ")
     assert "MLP 784-1024-1024-10 on MNIST" in text and "band: interquartile range of the step times" in text
     assert "batch " not in text  # the batch size is the axis
-    text = depth._supxlabel.get_text().replace("\n", " ")
+    text = depth._suptitle.get_text().replace("\n", " ")
     assert "MLP 784-1024-1024-10 to 784-1024×16-10 on MNIST" in text and "batch 64" in text
     legends = [*batch.legends, *(ax.get_legend() for ax in batch.axes if ax.get_legend())]
     assert [t.get_text() for legend in legends for t in legend.get_texts()] == ["backprop", "FG-W dense"]
+    for fig in (batch, depth):  # caption, legend and axes labels drawn where nothing else is
+        renderer = fig.canvas.get_renderer()
+        boxes = [fig._suptitle.get_window_extent(renderer),
+                 *(legend.get_window_extent(renderer) for legend in fig.legends),
+                 *(ax.xaxis.label.get_window_extent(renderer) for ax in fig.axes)]
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])

@@ -166,7 +166,8 @@ def draw(frame: pd.DataFrame, x: str, look: Look = Look()) -> plt.Figure:
         memory_ax.plot(rows.index, rows["peak_memory_mb"], label=estimator, **style)
     evaluation = frame.groupby(x)["eval_memory_mb"].median().dropna().sort_index()
     if len(evaluation):  # where inference's memory sits: what backprop-free methods are measured against
-        memory_ax.plot(evaluation.index, evaluation, color="grey", ls="-.", lw=1.5, label="forward-only evaluation")
+        memory_ax.plot(evaluation.index, evaluation, color="grey", ls="-.", lw=1.5, zorder=3,  # over a line at the same memory
+                       label="forward-only evaluation")
     for ax, label in ((time_ax, "median step time (ms)"), (memory_ax, "peak memory per step (MiB)")):
         ax.set(xscale="log", yscale="log", xlabel=AXES[x], ylabel=label)
         ax.set_xticks(sorted(frame[x].unique()))
@@ -176,10 +177,12 @@ def draw(frame: pd.DataFrame, x: str, look: Look = Look()) -> plt.Figure:
         plain_log_ticks(ax)  # 20 ms, not 2×10¹, where the times span under two decades
     handles = memory_ax.get_legend_handles_labels()[0]
     legend(fig, memory_ax, look, handles, long=len(handles) > 4)
-    # a caption in every style (a paper figure has no title, but a bench figure must say what it timed)
-    fig.supxlabel(wrap(caption(frame, x), int(fig.get_figwidth() * (13 if look.paper else 11))), fontsize="small")
+    # a caption in every style (a paper figure has no title, but a bench figure must say what it
+    # timed), above the panels: the legend below them takes the bottom edge
+    text = wrap(caption(frame, x), int(fig.get_figwidth() * (13 if look.paper else 11)))
     if look.titles:
-        fig.suptitle(f"Estimate + update (one step) against {AXES[x]}")
+        text = f"Estimate + update (one step) against {AXES[x]}\n{text}"
+    fig.suptitle(text, fontsize="small" if look.paper else "medium")
     return fig
 
 

@@ -20,10 +20,11 @@ OPTIONS = {
                   "forward_activities": "FG-A",
                   "forward_project": "projection", "backward": "backprop",
                   "manual": "hand-derived backprop", "finite_difference": "finite differences",
-                  # bench.extra entries of conf/benchmark/fg_family.yaml (bench.csv's estimator column)
+                  # bench.extra entries of conf/benchmark/ (bench.csv's estimator column)
                   "mean_k8": "mean K = 8 (rank-1)", "project_k8": "projection K = 8 (rank-1)",
                   "l_bp": "L-BP", "lg_fg_a": "LG-FG-A",
-                  "zeroth_order": "ZO", "zeroth_order_replay": "ZO replay (MeZO)", "local_guess": "local guess",
+                  "zeroth_order": "ZO dense", "zo_rank1": "ZO rank-1", "zeroth_order_replay": "ZO replay (MeZO)",
+                  "local_guess": "local guess",
                   "feedback_alignment": "FA", "direct_feedback_alignment": "DFA",
                   "backward_checkpoint": "backprop (checkpointed)", "backward_accumulate": "backprop (accumulated)"},
     "model": {"logreg": "logistic regression", "mlp": "MLP", "cnn": "CNN (report 000)",
