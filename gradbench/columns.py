@@ -108,3 +108,9 @@ def with_rates(frame: pd.DataFrame) -> pd.DataFrame:
     rates = {f"{s}_error_rate": 1 - frame[f"{s}_accuracy"] for s in SPLITS
              if f"{s}_errors" in frame and f"{s}_accuracy" in frame}
     return frame.assign(**rates)
+
+
+def drawn(column: str) -> bool:
+    """A metrics.csv column the report's figures draw: an evaluated metric (<split>_<metric>,
+    not the batch's) whose description gives it a figure."""
+    return split_of(column) not in (None, "batch") and describe(column).figure

@@ -1,4 +1,5 @@
-"""Where gradbench's own configs are: the one fact the CLI and the run-dir checks both need.
+"""Where gradbench's own configs are, and the groups every run chooses from them: the facts the
+CLI, the run-dir checks and the figures' titles all need.
 
 Ground floor: imports only the standard library, so `gradbench --help` stays instant.
 """
@@ -20,3 +21,6 @@ def config_dir() -> str:
 
 
 CONF = config_dir()
+
+# The config groups of conf/config.yaml's defaults list: a run's choice of each names what ran.
+GROUPS = ("dataset", "model", "estimator", "optimizer", "schedule")

@@ -135,3 +135,15 @@ def test_every_package_opens_with_a_map_of_its_modules(package):
     doc = ast.get_docstring(ast.parse(init.read_text())) or ""
     missing = [p.name for p in (PACKAGE / package).glob("*.py") if p.name != "__init__.py" and p.name not in doc]
     assert not missing, f"gradbench/{package}/__init__.py's map leaves out {missing}"
+
+
+def test_reading_and_drawing_runs_never_imports_torch():
+    """`gradbench report` reads CSVs and draws: torch (half a GiB resident with its CUDA build)
+    would be most of its memory. A module on the report's path that reaches for gradbench.models
+    (for a constant) fails this."""
+    import subprocess
+    import sys
+
+    code = "import sys, gradbench.commands.report, gradbench.present.report_plots; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -261,3 +261,21 @@ def test_functions_figures_in_the_paper_style_as_pdf(runner):
     assert exit_info.value.code == 0
     assert (sweep / "functions_beale.pdf").read_bytes().startswith(b"%PDF")
     assert not (sweep / "functions_beale.png").exists()
+
+
+def test_a_long_curve_is_drawn_by_its_envelope():
+    """A 10⁶-row metrics.csv draws at most 2 points per bucket (its lowest and highest) plus the
+    ends: the spikes a pixel column would show stay, the first and last point stay, and a curve
+    short enough is drawn whole."""
+    from gradbench.present.report_plots import POINTS, envelope
+
+    values = np.random.default_rng(0).normal(size=10**6)
+    values[123_457], values[876_543] = 50.0, -50.0  # one spike each way, inside a bucket
+    kept = envelope(values)
+    assert len(kept) <= 2 * POINTS + 2 and np.all(np.diff(kept) > 0)
+    assert {0, 10**6 - 1, 123_457, 876_543} <= set(kept.tolist())
+    size = -(-10**6 // POINTS)  # every bucket's extremes are kept
+    for start in range(0, 10**6, size * 97):
+        block = values[start:start + size]
+        assert {start + int(block.argmin()), start + int(block.argmax())} <= set(kept.tolist())
+    assert np.array_equal(envelope(values[:2 * POINTS]), np.arange(2 * POINTS))

@@ -28,7 +28,7 @@ import pandas as pd
 from gradbench.commands import arguments
 from gradbench.present import names, paired
 from gradbench.run import files
-from gradbench.columns import better
+from gradbench.columns import better, drawn
 from gradbench.present.figstyle import look_of
 from gradbench.present.report_cells import CI_NOTE, TIE_RULE, best_row, cell, fmt, interval, maximise, ties
 from gradbench.present.report_runs import Run, aggregate, assign_groups, find_runs, group_of, metric_columns, resolved, \
@@ -188,9 +188,10 @@ def best_section(row: pd.Series, metric: str, runs: list[Run], matrix: np.ndarra
 
 def report(args: argparse.Namespace) -> int:
     """Read the runs, write every output, print the tables."""
-    # the tables read a few metrics.csv columns (run_values); the overlay figures read them all
+    # the tables read a few metrics.csv columns (run_values); the overlay figures those they draw
     table_columns = {"step", "train_time_s", "train_loss", "val_loss", "val_accuracy"}
-    runs, skipped, broken = find_runs(args.dir, None if not args.no_plots else table_columns)
+    runs, skipped, broken = find_runs(args.dir, table_columns if args.no_plots else
+                                      lambda c: c in table_columns or drawn(c))
     if skipped:
         note(f"skipped {len(skipped)} run dir(s) without summary.json (still running, killed, or not a train run)")
     for path, why in broken.items():

@@ -34,12 +34,11 @@ from pathlib import Path
 from typing import Callable
 
 from gradbench.errors import hydra_quote
-from gradbench.paths import CONF
+from gradbench.paths import CONF, GROUPS
 from gradbench.present.report_runs import find_runs, run_values
 from gradbench.present.search_table import write_methods, write_trials
 
 Train = Callable[[list[str]], int]  # `gradbench train` arguments → exit status
-GROUPS = ("estimator", "optimizer", "model", "dataset", "schedule")  # options that must exist as files
 
 
 def subprocess_train(args: list[str]) -> int:

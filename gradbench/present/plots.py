@@ -29,7 +29,7 @@ from gradbench.present.figstyle import SPLIT_COLOURS, Look, add_arguments, integ
 from gradbench.run import files
 from gradbench.run.metrics import read_metrics, with_initial
 from gradbench.present.report_runs import hydra_choices
-from gradbench.run.validate import GROUPS
+from gradbench.paths import GROUPS
 
 HUGE = 1e30  # a diverging run's values beyond this are clipped to it (drawing 1e285 overflows)
 BLOWUP = 1e3  # a diverged run's log axes stop at this many times its first value: the rest is the blow-up

@@ -24,7 +24,7 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from gradbench.present import names
-from gradbench.columns import describe, split_of
+from gradbench.columns import describe, drawn, split_of
 from gradbench.present.figstyle import DOTTED, PALETTE, Look, integer_steps, legend, plain_log_ticks, wrap
 from gradbench.present.plots import HUGE
 from gradbench.present.report_runs import BAD
@@ -32,6 +32,7 @@ from gradbench.present.report_runs import BAD
 STYLES = ("-", "--", "-.")  # not ":": dotted is reserved for diverged and failed runs
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 MARKS = 8  # markers along each mean curve
+POINTS = 2000  # buckets per drawn curve, about a panel's pixels across: more points add time and memory, not detail
 SAME = 1e-4  # relative difference at every step below which two mean curves are "identical": float32
 # rounding (hand-derived backprop vs autograd differ by ~1e-6), far below what a figure resolves
 
@@ -45,25 +46,41 @@ def style(i: int) -> dict:
 
 
 def curve_columns(frames: list[pd.DataFrame]) -> list[str]:
-    """The evaluated metrics (<split>_<metric>, drawn per gradbench.columns) present in any run;
-    errors only where accuracy is absent."""
-    columns = list(dict.fromkeys(c for f in frames for c in f.columns
-                                 if split_of(c) not in (None, "batch") and describe(c).figure and f[c].notna().any()))
+    """The evaluated metrics (`drawn`) present in any run; errors only where accuracy is absent."""
+    columns = list(dict.fromkeys(c for f in frames for c in f.columns if drawn(c) and f[c].notna().any()))
     return [c for c in columns if not (c.endswith("_errors") and c.replace("_errors", "_accuracy") in columns)]
 
 
 def finite(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    """The rows where `column` is a drawable number (none for a run without the column)."""
+    """Step, training time and `column` where `column` is a drawable number (no rows for a run
+    without it). In numpy, not by pandas masks: a report of 2 000 runs calls it 12 000 times."""
     if column not in frame:
         return pd.DataFrame(columns=["step", "train_time_s", column], dtype=float)
-    values = frame[column].astype(float)
-    return frame[values.notna() & np.isfinite(values) & (values.abs() < HUGE)]
+    values = frame[column].to_numpy(float)
+    keep = np.isfinite(values) & (np.abs(values) < HUGE)
+    return pd.DataFrame({x: frame[x].to_numpy(float)[keep] for x in ("step", "train_time_s")} | {column: values[keep]})
+
+
+def envelope(values: np.ndarray) -> np.ndarray:
+    """Indices of the points of a long curve worth drawing: within each of POINTS runs of
+    consecutive points its lowest and highest (what a pixel column shows), and the first and
+    last point; every index of a curve of at most 2·POINTS points. A 10⁶-row metrics.csv draws
+    4 000 points a curve, its spikes kept."""
+    n = len(values)
+    if n <= 2 * POINTS:
+        return np.arange(n)
+    size = -(-n // POINTS)
+    whole = n // size * size
+    blocks = np.nan_to_num(values[:whole].reshape(-1, size), nan=0.0)
+    starts = np.arange(0, whole, size)
+    return np.unique(np.concatenate([starts + blocks.argmin(1), starts + blocks.argmax(1), np.arange(whole, n), [0, n - 1]]))
 
 
 def common_mean(frames: list[pd.DataFrame], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(steps, mean train time, mean value) over the steps every run reaches: the union of their
-    evaluation steps up to the earliest last step, each run interpolated linearly."""
-    rows = [finite(f, column) for f in frames]
+    evaluation steps up to the earliest last step, each run interpolated linearly. `frames`:
+    each run's finite rows of `column` (finite)."""
+    rows = frames
     end = min(r["step"].max() for r in rows)
     grid = np.unique(np.concatenate([r.loc[r["step"] <= end, "step"].to_numpy(float) for r in rows]))
     interp = lambda r, y: np.interp(grid, r["step"].to_numpy(float), r[y].to_numpy(float))  # noqa: E731
@@ -90,18 +107,20 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look 
     drawn = {}
     thin, bold = plt.rcParams["lines.linewidth"] * 0.5, plt.rcParams["lines.linewidth"] * 1.5
     for column in curve_columns([f for runs in groups.values() for f, _ in runs]):
+        # each run's drawable rows, found once: 2 000 runs × the helpers below add up
+        curves = {name: [(finite(f, column), stop) for f, stop in runs] for name, runs in groups.items()}
         fig, axes = plt.subplots(1, 2, figsize=look.size((12.5, 4.8)), sharey=True, layout="constrained")
         handles, positive, ends, means = [], True, [], {}
-        for i, (name, runs) in enumerate(groups.items()):
+        for i, (name, runs) in enumerate(curves.items()):
             look_i = style(i)
             line = {"color": look_i["color"], "linestyle": look_i["linestyle"]}
-            ok = [f for f, stop in runs if stop not in BAD and len(finite(f, column))]
-            for frame, stop in runs:  # each seed thin; a diverged or failed one dotted, ✕ at its end
-                rows = finite(frame, column)
+            ok = [rows for rows, stop in runs if stop not in BAD and len(rows)]
+            for rows, stop in runs:  # each seed thin; a diverged or failed one dotted, ✕ at its end
                 if not len(rows):
                     continue
                 failed = stop in BAD
                 positive &= bool((rows[column] > 0).all())
+                rows = rows.iloc[envelope(rows[column].to_numpy(float))]
                 for ax, x in zip(axes, ("step", "train_time_s")):
                     ax.plot(rows[x], rows[column], color=line["color"], linestyle=DOTTED if failed else line["linestyle"],
                             lw=thin * 1.3 if failed else thin, alpha=0.7 if failed else 0.35)
@@ -109,7 +128,8 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look 
                         ends.append((ax, rows[x].iloc[-1], rows[column].iloc[-1], line["color"]))
             if ok:
                 means[name] = common_mean(ok, column)
-                steps, time, mean = means[name]
+                drawn_points = envelope(means[name][2])
+                steps, time, mean = (a[drawn_points] for a in means[name])
                 # MARKS markers evenly along the curve (fractions of the axes' diagonal), each group's
                 # shifted by its share of one spacing: on coinciding means both groups' markers show
                 every = (i / (len(groups) * MARKS), 1 / MARKS)
@@ -127,7 +147,7 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look 
         log = info.log and positive
         if log:
             axes[0].set_yscale("log")
-        keep_to_finished(axes[0], groups, column, log)
+        keep_to_finished(axes[0], curves, column, log)
         plain_log_ticks(axes[0])
         low, high = axes[0].get_ylim()
         for ax, x, y, color in ends:  # a diverged run's last value, on the edge when beyond it
@@ -156,12 +176,13 @@ def identical(name: str, means: dict[str, tuple]) -> str | None:
     return None
 
 
-def keep_to_finished(ax, groups: dict, column: str, log: bool) -> None:
+def keep_to_finished(ax, curves: dict, column: str, log: bool) -> None:
     """The y range of the finished runs (and the diverged runs' starts), so a run that diverged
-    to 1e30 does not flatten every other curve; its line leaves the plot, its ✕ sits on the edge."""
-    values = np.concatenate([finite(f, column)[column].to_numpy(float) for runs in groups.values()
+    to 1e30 does not flatten every other curve; its line leaves the plot, its ✕ sits on the edge.
+    `curves`: group → [(the run's finite rows of `column`, stop reason)]."""
+    values = np.concatenate([f[column].to_numpy(float) for runs in curves.values()
                              for f, stop in runs if stop not in BAD] +
-                            [finite(f, column)[column].to_numpy(float)[:1] for runs in groups.values() for f, _ in runs]
+                            [f[column].to_numpy(float)[:1] for runs in curves.values() for f, _ in runs]
                             + [np.array([])])
     if not len(values):
         return
@@ -178,15 +199,16 @@ def legend_text(name: str, runs: list[tuple[pd.DataFrame, str]], ok: list[pd.Dat
                 same_as: str | None = None) -> str:
     """`name (3 seeds)`, plus where the mean ends when seeds stop at different steps, the runs
     that diverged or failed (and `not drawn` when nothing of the group could be), and the
-    group whose mean it equals."""
+    group whose mean it equals. `runs`: (finite rows of `column`, stop reason) per run; `ok`:
+    the finished ones' rows."""
     parts = [f"{len(runs)} seed{'s' if len(runs) != 1 else ''}"]
     if ok:
-        ends = [finite(f, column)["step"].max() for f in ok]
+        ends = [f["step"].max() for f in ok]
         if len(set(ends)) > 1:
             parts.append(f"mean to step {min(ends):g}, {sum(e > min(ends) for e in ends)} go on")
     stops = Counter(stop for _, stop in runs if stop in BAD)
     parts += [f"{k} {stop}" for stop, k in stops.items()]
-    if not ok and not any(len(finite(f, column)) for f, _ in runs):
+    if not ok and not any(len(f) for f, _ in runs):
         parts.append("not drawn")
     if same_as:
         parts.append(f"identical to {textwrap.shorten(same_as, 40, placeholder='…')}")

@@ -12,6 +12,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +122,7 @@ def _natural(path: Path) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
 
 
-def find_runs(root: Path, columns: set[str] | None = None) -> tuple[list[Run], list[Path], dict[Path, str]]:
+def find_runs(root: Path, columns: Callable[[str], bool] | set[str] | None = None) -> tuple[list[Run], list[Path], dict[Path, str]]:
     """Every run dir under root (a folder with .hydra/overrides.yaml), in natural order; those
     without summary.json yet (still running, or killed) come back separately as skipped, and
     those whose files cannot be read as broken (path → why), so one bad file spoils nothing."""
@@ -140,7 +141,7 @@ def find_runs(root: Path, columns: set[str] | None = None) -> tuple[list[Run], l
     return runs, skipped, broken
 
 
-def load_run(path: Path, columns: set[str] | None = None) -> Run:
+def load_run(path: Path, columns: Callable[[str], bool] | set[str] | None = None) -> Run:
     """One run dir's files, read through gradbench.run.files (regular files, capped, plain data)."""
     # labels only (opaque: a `${` typed on the command line stays text); best.overrides checks them strictly
     lines = files.read_overrides(path / ".hydra" / "overrides.yaml", opaque=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pandas is imported by the readers only: a training run never needs it
+    from collections.abc import Callable
     import pandas as pd
 
 from gradbench.errors import WriteFailed
@@ -75,14 +76,15 @@ def _cell(value):
     return repr(value) if isinstance(value, float) else value  # repr: shortest exact float
 
 
-def read_metrics(path: Path, columns: set[str] | None = None) -> pd.DataFrame:
-    """metrics.csv as a frame (only `columns` where given, those it has), without a last row
-    cut mid-line (a run killed while writing); empty if there is none (gradbench.run.files)."""
+def read_metrics(path: Path, columns: Callable[[str], bool] | set[str] | None = None) -> pd.DataFrame:
+    """metrics.csv as a frame (only the columns it has of `columns`, a set or a test of a
+    name, where given), without a last row cut mid-line (a run killed while writing); empty if
+    there is none (gradbench.run.files)."""
     import pandas as pd
 
     if not files.exists(path):
         return pd.DataFrame()
-    return files.read_csv(path, usecols=None if columns is None else columns.__contains__)
+    return files.read_csv(path, usecols=None if columns is None else columns if callable(columns) else columns.__contains__)
 
 
 def with_initial(frame: pd.DataFrame, initial: dict | None) -> pd.DataFrame:

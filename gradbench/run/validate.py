@@ -19,8 +19,8 @@ from gradbench.errors import ConfigError, require
 from gradbench.run.event_log import LOGGERS
 from gradbench.run.tracker import TRACKING_SCHEMES
 from gradbench.models import INIT_LAWS
+from gradbench.paths import GROUPS
 
-GROUPS = ("dataset", "model", "estimator", "optimizer", "schedule")
 SKIP = ("hydra", "check", "bench", "reference", "search")  # checked by their own commands, or free-form
 
 
