@@ -144,7 +144,7 @@ FG_METHODS := \
   project_k8!estimator=forward_project,estimator.structure=rank1!30,100,300 \
   l_bp!estimator=backward,model.local_losses=true!0.03,0.1,0.3 \
   lg_fg_a!estimator=forward_activities,model.local_losses=true!0.003,0.01,0.03,0.1
-fg-family: setup ## the forward-gradient family on MNIST: FG-W, FG-A, K=8 mean/projection, local losses (needs MNIST; ~1 h on 2 cores)
+fg-family: setup ## the forward-gradient family on MNIST: FG-W, FG-A, K=8 mean/projection, local losses (needs MNIST; ~20 min on 2 cores)
 	$(call NEED_DATA,fg_family,dataset=mnist)
 	for m in $(FG_METHODS); do name=$${m%%!*}; rest=$${m#*!}; keys=$${rest%%!*}; lrs=$${rest#*!}; \
 	  $(SWEEP) +experiment=fg_family $$(echo $$keys | tr ',' ' ') optimizer.lr=$$lrs \
@@ -171,7 +171,7 @@ fg-family: setup ## the forward-gradient family on MNIST: FG-W, FG-A, K=8 mean/p
 # the step cost (time, peak memory, passes per step) of the methods at batch 64 (bench/).
 BPF := $(REPORTS)/backprop_free
 BPF_BASELINE := --baseline estimator=backward model.local_losses=false
-backprop-free: setup ## every method at its best optimizer and rate, the best 4 for 10 epochs, paired against backprop (needs MNIST; hours on 2 cores, resumable)
+backprop-free: setup ## every method at its best optimizer and rate, the best 4 for 10 epochs, paired against backprop (needs MNIST; ~2 h on 2 cores, resumable)
 	$(call NEED_DATA,backprop_free,dataset=mnist)
 	$(GRADBENCH) search backprop_free --out $(BPF) $(ARGS)
 	$(GRADBENCH) report $(BPF)/long --out $(BPF)/t097 --select val_accuracy --target-accuracy 0.97 $(BPF_BASELINE) --no-plots >/dev/null
