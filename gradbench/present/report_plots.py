@@ -76,11 +76,10 @@ def envelope(values: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([starts + blocks.argmin(1), starts + blocks.argmax(1), np.arange(whole, n), [0, n - 1]]))
 
 
-def common_mean(frames: list[pd.DataFrame], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def common_mean(rows: list[pd.DataFrame], column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(steps, mean train time, mean value) over the steps every run reaches: the union of their
-    evaluation steps up to the earliest last step, each run interpolated linearly. `frames`:
+    evaluation steps up to the earliest last step, each run interpolated linearly. `rows`:
     each run's finite rows of `column` (finite)."""
-    rows = frames
     end = min(r["step"].max() for r in rows)
     grid = np.unique(np.concatenate([r.loc[r["step"] <= end, "step"].to_numpy(float) for r in rows]))
     interp = lambda r, y: np.interp(grid, r["step"].to_numpy(float), r[y].to_numpy(float))  # noqa: E731
@@ -104,7 +103,7 @@ def axis_label(column: str) -> str:
 
 def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look = Look()) -> dict[str, plt.Figure]:
     """The overlay figures by column (plot_overlays saves them)."""
-    drawn = {}
+    figures = {}
     thin, bold = plt.rcParams["lines.linewidth"] * 0.5, plt.rcParams["lines.linewidth"] * 1.5
     for column in curve_columns([f for runs in groups.values() for f, _ in runs]):
         # each run's drawable rows, found once: 2 000 runs × the helpers below add up
@@ -157,8 +156,8 @@ def draw_overlays(groups: dict[str, list[tuple[pd.DataFrame, str]]], look: Look 
             fig.suptitle(wrap([f"{axis_label(column).capitalize()}: bold = mean over the seeds",
                                "(only where every finished seed still runs),", "thin = each seed,",
                                "dotted ✕ = diverged or failed"], look.chars(), sep=" "), fontsize="medium")
-        drawn[column] = fig
-    return drawn
+        figures[column] = fig
+    return figures
 
 
 def identical(name: str, means: dict[str, tuple]) -> str | None:
